@@ -1,0 +1,203 @@
+"""VixConfig: a ViT whose token mixer, patch embedding and positions are chosen by config strings.
+
+Field names follow HF's ViTConfig where the idea is the same. Defaults are the paper's CIFAR-10 model
+(Jeevan & Sethi 2021): 32x32 input, patch 1 (1024 patches + cls), hidden 128, depth 4, 4 heads of 32,
+MLP 256; Nystrom 64 landmarks, 6 pseudo-inverse iterations, 33-tap residual conv; Performer
+int(d ln d) = 110 features, never redrawn; Linformer k = 64 with shared key/value projection.
+
+Compatibility settings (only for reproducing the authors' `vision-xformer` code exactly; each departs
+from the better default for a stated reason): `nystrom_padding="zeros_front"`, `nystrom_pinv_scale="global"`,
+`linformer_one_kv_head=True`, `linformer_values_from_keys=True`.
+"""
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+
+from .mixers_vix import MIXERS
+
+
+EMBEDDING_TYPES = ("linear", "conv")
+POSITION_EMBEDDING_TYPES = ("learned", "rope_1d", "rope_2d", "none")
+POOLING_TYPES = ("cls", "mean")
+PERFORMER_KERNELS = ("softmax", "relu")
+NYSTROM_PADDINGS = ("none", "zeros_front")
+NYSTROM_PINV_SCALES = ("per_head", "global")
+
+
+def _check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not supported; choose one of {', '.join(map(repr, choices))}.")
+
+
+@strict
+class VixConfig(PreTrainedConfig):
+    r"""
+    Configuration of a ViX model. Beyond HF ViT's fields:
+
+    attention_type (`str`, defaults to `"softmax"`):
+        Token mixer: `softmax` (ViT), `performer` (ViP), `linformer` (ViL), `nystrom` (ViN), `fnet`, `mixer`.
+    embedding_type (`str`, defaults to `"linear"`):
+        `linear` patch projection, or `conv`: the paper's 3-conv "hybrid" stem.
+    position_embedding_type (`str`, defaults to `"learned"`):
+        `learned` (added), `rope_1d` (the paper's RoPE over raster order), `rope_2d` (axial), or `none`.
+    pooling (`str`, defaults to `"cls"`):
+        `cls` classifies from a cls token; `mean` has no cls token and averages the patch tokens.
+    conv_stem_channels (`list[int]`, defaults to `[32, 64]`):
+        Channels of the conv stem before its last conv (which outputs `hidden_size`).
+    rope_theta (`float`, defaults to 10000.0): RoPE base.
+    nystrom_num_landmarks (`int`, 64), nystrom_pinv_iterations (`int`, 6),
+    nystrom_residual_conv_kernel (`int`, 33; 0 disables the depthwise conv on V):
+        Nystromformer settings.
+    nystrom_padding (`str`, `"none"`):
+        `none`: when the landmark count does not divide the token count, landmarks average runs of unequal
+        length, with no padding. `zeros_front` (compatibility): prepend zero tokens as the official code does;
+        they enter the landmarks and the softmaxes.
+    nystrom_pinv_scale (`str`, `"per_head"`):
+        Scale of the pseudo-inverse's initial guess, per matrix (`per_head`), or over the whole batch
+        (`global`, compatibility: then a sample's output depends on its batch).
+    performer_num_features (`int`, *optional*): random features; default int(d ln d) for head dim d (110 at 32).
+    performer_kernel (`str`, `"softmax"`): `softmax` (FAVOR+ positive features) or `relu`.
+    performer_redraw_interval (`int`, 0): redraw the features every that many training calls (0 = never).
+    linformer_k (`int`, 64): projected sequence length.
+    linformer_share_kv (`bool`, True): one sequence projection for keys and values (E = F).
+    linformer_one_kv_head (`bool`, False; compatibility): one key/value head shared by all heads.
+    linformer_values_from_keys (`bool`, False; compatibility): V = K (no `v_proj`), as in the `linformer` package.
+    mixer_token_expansion (`float`, 1.0): hidden size of the token-mixing MLP, relative to the token count.
+
+    Example:
+
+    ```python
+    >>> from modeling_vix import VixConfig, VixForImageClassification
+    >>> config = VixConfig(attention_type="nystrom", embedding_type="conv", position_embedding_type="rope_1d")
+    >>> model = VixForImageClassification(config)
+    ```
+    """
+
+    model_type = "vix"
+
+    image_size: int | list[int] | tuple[int, int] = 32
+    patch_size: int = 1
+    num_channels: int = 3
+    hidden_size: int = 128
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    intermediate_size: int = 256
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float | int = 0.0
+    attention_probs_dropout_prob: float | int = 0.0
+    layer_norm_eps: float = 1e-5
+    qkv_bias: bool = False
+    initializer_range: float = 0.02
+
+    attention_type: str = "softmax"
+    embedding_type: str = "linear"
+    position_embedding_type: str = "learned"
+    pooling: str = "cls"
+
+    conv_stem_channels: list[int] | tuple[int, ...] = (32, 64)
+    rope_theta: float | int = 10000.0
+
+    nystrom_num_landmarks: int = 64
+    nystrom_pinv_iterations: int = 6
+    nystrom_residual_conv_kernel: int = 33
+    nystrom_padding: str = "none"
+    nystrom_pinv_scale: str = "per_head"
+
+    performer_num_features: int | None = None
+    performer_kernel: str = "softmax"
+    performer_redraw_interval: int = 0
+
+    linformer_k: int = 64
+    linformer_share_kv: bool = True
+    linformer_one_kv_head: bool = False
+    linformer_values_from_keys: bool = False
+
+    mixer_token_expansion: float | int = 1.0
+
+    def __post_init__(self, **kwargs):
+        self.conv_stem_channels = list(self.conv_stem_channels)
+        if not isinstance(self.image_size, int):
+            self.image_size = list(self.image_size)
+        self.check_combinations()
+        super().__post_init__(**kwargs)
+
+    @property
+    def image_size_hw(self) -> tuple[int, int]:
+        size = self.image_size
+        return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        height, width = self.image_size_hw
+        return height // self.patch_size, width // self.patch_size
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens the mixers see at the configured image size: patches, plus the cls token when pooling="cls"."""
+        height, width = self.grid_size
+        return height * width + int(self.pooling == "cls")
+
+    def check_combinations(self) -> None:
+        """Raise ValueError for an unknown value or an impossible combination, saying what to do instead.
+
+        Runs at construction and again when a model is built from the config (fields may change in between).
+        """
+        _check_choice("attention_type", self.attention_type, tuple(MIXERS))
+        _check_choice("embedding_type", self.embedding_type, EMBEDDING_TYPES)
+        _check_choice("position_embedding_type", self.position_embedding_type, POSITION_EMBEDDING_TYPES)
+        _check_choice("pooling", self.pooling, POOLING_TYPES)
+        _check_choice("performer_kernel", self.performer_kernel, PERFORMER_KERNELS)
+        _check_choice("nystrom_padding", self.nystrom_padding, NYSTROM_PADDINGS)
+        _check_choice("nystrom_pinv_scale", self.nystrom_pinv_scale, NYSTROM_PINV_SCALES)
+
+        if isinstance(self.image_size, list) and len(self.image_size) != 2:
+            raise ValueError(f"image_size must be an int or [height, width]; got {self.image_size}.")
+        for name in ("patch_size", "num_channels", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "intermediate_size", "nystrom_num_landmarks", "nystrom_pinv_iterations", "linformer_k"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1; got {getattr(self, name)}.")
+        height, width = self.image_size_hw
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(
+                f"image_size {height}x{width} is not divisible by patch_size {self.patch_size}; "
+                "choose a patch size that divides both sides."
+            )
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads ({self.num_attention_heads})."
+            )
+        head_dim = self.hidden_size // self.num_attention_heads
+        if any(channels < 1 for channels in self.conv_stem_channels):
+            raise ValueError(f"conv_stem_channels must be positive; got {self.conv_stem_channels}.")
+        if not 0 <= self.hidden_dropout_prob < 1 or not 0 <= self.attention_probs_dropout_prob < 1:
+            raise ValueError("Dropout probabilities must lie in [0, 1).")
+
+        mixer = MIXERS[self.attention_type]
+        uses_rope = self.position_embedding_type.startswith("rope")
+        if uses_rope and not mixer.supports_rope:
+            raise ValueError(
+                f"attention_type={self.attention_type!r} has no queries or keys, so RoPE cannot be applied; use "
+                "position_embedding_type='learned' or 'none', or an attention mixer (softmax, performer, linformer, nystrom)."
+            )
+        if self.position_embedding_type == "rope_1d" and head_dim % 2:
+            raise ValueError(f"rope_1d rotates pairs of channels: the head dim ({head_dim}) must be even.")
+        if self.position_embedding_type == "rope_2d" and head_dim % 4:
+            raise ValueError(
+                f"rope_2d rotates channel pairs along rows and columns: the head dim ({head_dim}) must be a multiple of 4."
+            )
+        if self.nystrom_residual_conv_kernel < 0 or (
+            self.nystrom_residual_conv_kernel and self.nystrom_residual_conv_kernel % 2 == 0
+        ):
+            raise ValueError(
+                f"nystrom_residual_conv_kernel must be odd (to keep the token count) or 0 to disable it; "
+                f"got {self.nystrom_residual_conv_kernel}."
+            )
+        if self.performer_num_features is not None and self.performer_num_features < 1:
+            raise ValueError(f"performer_num_features must be at least 1 or None; got {self.performer_num_features}.")
+        if self.performer_redraw_interval < 0:
+            raise ValueError("performer_redraw_interval must be >= 0 (0 = never redraw).")
+        if self.mixer_token_expansion <= 0:
+            raise ValueError(f"mixer_token_expansion must be positive; got {self.mixer_token_expansion}.")
+
+
+__all__ = ["VixConfig"]

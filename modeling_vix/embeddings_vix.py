@@ -1,0 +1,155 @@
+"""Embeddings of ViX: pixels -> tokens (linear patches or the paper's conv stem), cls token, positions.
+
+Positions are either added to the tokens here (`learned`) or returned as RoPE tables `(cos, sin)` that
+the mixers apply to queries and keys (`rope_1d`, `rope_2d`).
+"""
+
+import math
+
+import torch
+from torch import nn
+
+
+class VixPatchEmbeddings(nn.Module):
+    """`linear`: non-overlapping p x p patches, each projected linearly (a strided conv, as in HF ViT)."""
+
+    def __init__(self, config):
+        super().__init__()
+        p = config.patch_size
+        self.projection = nn.Conv2d(config.num_channels, config.hidden_size, kernel_size=p, stride=p)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.projection(pixel_values)  # (B, C, h, w)
+
+
+class VixConvStemEmbeddings(nn.Module):
+    """`conv`: the paper's hybrid stem, 3x3 convs 3 -> 32 -> 64 -> hidden, no activation in between.
+
+    All convs have stride 1 except the last, which has stride `patch_size` (kernel max(3, p)), so that
+    patch_size = 1 is exactly the paper's stem and larger patch sizes give fewer tokens.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        p = config.patch_size
+        channels = [config.num_channels, *config.conv_stem_channels]
+        self.convs = nn.ModuleList(nn.Conv2d(c_in, c_out, 3, padding=1) for c_in, c_out in zip(channels, channels[1:]))
+        last_kernel = max(3, p)
+        self.convs.append(
+            nn.Conv2d(channels[-1], config.hidden_size, last_kernel, stride=p, padding=math.ceil((last_kernel - p) / 2))
+        )
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        features = pixel_values
+        for conv in self.convs:
+            features = conv(features)
+        return features  # (B, C, h, w)
+
+
+def rope_frequencies(num_pairs: int, base: float = 10000.0) -> torch.Tensor:
+    """theta_i = base^(-i / num_pairs), i = 0 .. num_pairs - 1 (RoFormer's base^(-2i/d) with d = 2 num_pairs)."""
+    return base ** (-torch.arange(num_pairs, dtype=torch.float32) / num_pairs)
+
+
+def rope_tables(angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """angles (N, D/2) -> cos, sin (N, D), each angle repeated for its interleaved pair (2i, 2i+1)."""
+    angles = angles.repeat_interleave(2, dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def rope_1d(height: int, width: int, head_dim: int, with_cls: bool, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The paper's RoPE: one position per token in raster order, cls (when present) at position 0."""
+    positions = torch.arange(height * width + int(with_cls), dtype=torch.float32)
+    return rope_tables(positions[:, None] * rope_frequencies(head_dim // 2, base))
+
+
+def rope_2d(height: int, width: int, head_dim: int, with_cls: bool, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Axial RoPE: the first half of the pairs rotate with the patch row, the second half with the column.
+
+    The cls token (when present) is not rotated. Any grid works: nothing here is sized by the config.
+    """
+    frequencies = rope_frequencies(head_dim // 4, base)
+    rows = torch.arange(height, dtype=torch.float32).repeat_interleave(width)  # raster order
+    cols = torch.arange(width, dtype=torch.float32).repeat(height)
+    angles = torch.cat((rows[:, None] * frequencies, cols[:, None] * frequencies), dim=-1)  # (h*w, D/2)
+    if with_cls:
+        angles = torch.cat((angles.new_zeros(1, angles.shape[-1]), angles))
+    return rope_tables(angles)
+
+
+class VixEmbeddings(nn.Module):
+    """Pixels (B, C_in, H, W) -> tokens (B, N, C) with cls token and learned positions where configured,
+    plus the RoPE tables (or None) and the patch grid (h, w)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.num_channels = config.num_channels
+        self.patch_size = config.patch_size
+        self.image_size = config.image_size_hw
+        if config.embedding_type == "conv":
+            self.patch_embeddings = VixConvStemEmbeddings(config)
+        else:
+            self.patch_embeddings = VixPatchEmbeddings(config)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if config.pooling == "cls" else None
+        self.position_embeddings = None
+        if config.position_embedding_type == "learned":
+            self.position_embeddings = nn.Parameter(torch.zeros(1, config.num_tokens, config.hidden_size))
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def check_pixel_values(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool) -> None:
+        if pixel_values.ndim != 4:
+            raise ValueError(
+                f"pixel_values must have shape (batch, channels, height, width); got shape {tuple(pixel_values.shape)}. "
+                "Use VixImageProcessor to turn images into pixel_values."
+            )
+        _, channels, height, width = pixel_values.shape
+        if channels != self.num_channels:
+            raise ValueError(
+                f"pixel_values have {channels} channels but the model expects {self.num_channels} "
+                "(config.num_channels). Convert images to RGB (VixImageProcessor does) or set num_channels."
+            )
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(
+                f"Image size {height}x{width} is not divisible by the patch size {self.patch_size}. "
+                f"Resize images to a multiple of {self.patch_size}, e.g. the model's {self.image_size[0]}x{self.image_size[1]}."
+            )
+        same_size = (height, width) == tuple(self.image_size)
+        if self.position_embeddings is not None and not same_size and not interpolate_pos_encoding:
+            raise ValueError(
+                f"Input image size ({height}*{width}) doesn't match model ({self.image_size[0]}*{self.image_size[1]}). "
+                "Resize the images, or pass interpolate_pos_encoding=True to resample the learned position embeddings."
+            )
+
+    def interpolate_pos_encoding(self, height: int, width: int) -> torch.Tensor:
+        """Learned positions for a (height, width) patch grid: the trained grid resampled bicubically, as HF ViT."""
+        trained_h, trained_w = (size // self.patch_size for size in self.image_size)
+        if (height, width) == (trained_h, trained_w) and not torch.jit.is_tracing():
+            return self.position_embeddings
+        num_cls = int(self.cls_token is not None)
+        cls_position = self.position_embeddings[:, :num_cls]
+        grid = self.position_embeddings[:, num_cls:].reshape(1, trained_h, trained_w, -1).permute(0, 3, 1, 2)
+        grid = nn.functional.interpolate(grid, size=(height, width), mode="bicubic", align_corners=False)
+        grid = grid.permute(0, 2, 3, 1).flatten(1, 2)  # (1, height * width, C)
+        return torch.cat((cls_position, grid), dim=1)
+
+    def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False):
+        self.check_pixel_values(pixel_values, interpolate_pos_encoding)
+        features = self.patch_embeddings(pixel_values)  # (B, C, h, w)
+        grid = tuple(features.shape[-2:])
+        embeddings = features.flatten(2).transpose(1, 2)  # (B, h*w, C), raster order
+        if self.cls_token is not None:
+            embeddings = torch.cat((self.cls_token.expand(embeddings.shape[0], -1, -1), embeddings), dim=1)
+        if self.position_embeddings is not None:
+            embeddings = embeddings + self.interpolate_pos_encoding(*grid)
+        rope = None
+        position_type = self.config.position_embedding_type
+        if position_type in ("rope_1d", "rope_2d"):
+            make_tables = rope_1d if position_type == "rope_1d" else rope_2d
+            cos, sin = make_tables(*grid, self.head_dim, self.cls_token is not None, self.config.rope_theta)
+            rope = (cos.to(embeddings.device), sin.to(embeddings.device))
+        return self.dropout(embeddings), rope, grid
+
+
+__all__ = ["VixEmbeddings"]

@@ -1,0 +1,399 @@
+"""Token mixers of ViX: the one part of a ViX layer that the config switches.
+
+Every mixer has the same call: tokens `(B, N, C)` in, `(B, N, C)` out plus attention weights (or None),
+with optional RoPE tables `rope=(cos, sin)` and the patch grid `grid=(h, w)` as keyword arguments.
+Each class declares what it can do (class attributes below); `VixConfig` reads these declarations to
+reject impossible combinations before a model is built.
+
+The four attention mixers (softmax, performer, linformer, nystrom) share the projection names `q_proj`,
+`k_proj`, `v_proj`, `o_proj`, so a softmax checkpoint (ours, HF ViT/DeiT) carries over to each of them.
+"""
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+
+def rotate_every_two(x: torch.Tensor) -> torch.Tensor:
+    """(x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...): the interleaved-pair rotation of RoFormer."""
+    pairs = x.unflatten(-1, (-1, 2))  # (..., D/2, 2)
+    return torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each (2i, 2i+1) pair of `x` (B, H, N, D) by the angles whose cos/sin are given as (N, D)."""
+    return x * cos.to(x.dtype) + rotate_every_two(x) * sin.to(x.dtype)
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact softmax attention that also returns its weights; same signature as transformers' interface."""
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    output = torch.matmul(weights, value).transpose(1, 2).contiguous()  # (B, N, H, D)
+    return output, weights
+
+
+class VixTokenMixer(nn.Module):
+    """Base of all mixers. Subclasses set the three capability flags and implement `forward`."""
+
+    returns_attention_weights: bool = False  # has a real (B, H, N, keys) attention map to return
+    supports_rope: bool = False  # has queries and keys that RoPE can rotate
+    fixed_sequence_length: bool = False  # owns parameters sized by the token count
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        grid: tuple[int, int] | None = None,
+        output_attentions: bool = False,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raise NotImplementedError
+
+
+class VixQKVMixer(VixTokenMixer):
+    """Shared projections of the attention mixers: q/k/v per head, optional RoPE on q and k, output o_proj."""
+
+    returns_attention_weights = True
+    supports_rope = True
+
+    def __init__(self, config, kv_heads: int | None = None):
+        super().__init__()
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.num_kv_heads = kv_heads or self.num_heads
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.attention_probs_dropout_prob
+        self.is_causal = False  # read by transformers' attention functions
+        hidden, inner, kv_inner = config.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        self.q_proj = nn.Linear(hidden, inner, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(hidden, kv_inner, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(hidden, kv_inner, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(inner, hidden)
+
+    def split_heads(self, projected: torch.Tensor) -> torch.Tensor:
+        """(B, N, heads * D) -> (B, heads, N, D)."""
+        return projected.unflatten(-1, (-1, self.head_dim)).transpose(1, 2)
+
+    def project_qkv(self, hidden_states, rope):
+        """Queries, keys and values as (B, H, N, D); RoPE rotates q and k (never v), as in RoFormer."""
+        query = self.split_heads(self.q_proj(hidden_states))
+        key = self.split_heads(self.k_proj(hidden_states))
+        value = self.split_heads(self.v_proj(hidden_states))
+        if rope is not None:
+            query, key = apply_rotary(query, *rope), apply_rotary(key, *rope)
+        return query, key, value
+
+    def merge_heads(self, context: torch.Tensor) -> torch.Tensor:
+        """(B, H, N, D) -> (B, N, C), then the output projection."""
+        return self.o_proj(context.transpose(1, 2).flatten(2))
+
+    @property
+    def dropout_p(self) -> float:
+        return self.attention_dropout if self.training else 0.0
+
+
+class SoftmaxAttention(VixQKVMixer):
+    """Exact softmax attention (ViT), through transformers' attention interface (eager / sdpa / flex)."""
+
+    def forward(self, hidden_states, rope=None, grid=None, output_attentions=False, **kwargs):
+        query, key, value = self.project_qkv(hidden_states, rope)
+        implementation = self.config._attn_implementation
+        # sdpa and flex kernels never build the map; the eager path is the one that can return it.
+        if output_attentions or implementation in (None, "eager"):
+            attention: Callable = eager_attention_forward
+        else:
+            attention = ALL_ATTENTION_FUNCTIONS[implementation]
+        context, weights = attention(
+            self, query, key, value, None, dropout=self.dropout_p, scaling=self.scaling, **kwargs
+        )  # context: (B, N, H, D)
+        return self.o_proj(context.flatten(2)), weights
+
+
+def gaussian_orthogonal_random_matrix(num_rows: int, num_columns: int, generator=None) -> torch.Tensor:
+    """Rows drawn in orthogonal blocks of `num_columns`, each row rescaled by the norm of a Gaussian vector
+    (FAVOR+'s "positive orthogonal random features", Choromanski et al. 2020, section 2.4)."""
+    blocks = []
+    for _ in range(math.ceil(num_rows / num_columns)):
+        gaussian = torch.randn(num_columns, num_columns, generator=generator)
+        orthogonal, _ = torch.linalg.qr(gaussian)
+        blocks.append(orthogonal.T)
+    matrix = torch.cat(blocks)[:num_rows]
+    row_norms = torch.randn(num_rows, num_columns, generator=generator).norm(dim=1)
+    return row_norms[:, None] * matrix
+
+
+class PerformerAttention(VixQKVMixer):
+    """FAVOR+ (Performer): softmax attention approximated by positive random features, linear in N.
+
+    The random projection is a persistent buffer, so it is saved and identical after a reload. It is never
+    redrawn unless `performer_redraw_interval` > 0 (then every that many training calls).
+    Feature maps and their contractions run in fp32: exp() of bf16/fp16 logits overflows or loses the ratio.
+    """
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.kernel = config.performer_kernel
+        self.num_features = config.performer_num_features or int(self.head_dim * math.log(self.head_dim))
+        self.redraw_interval = config.performer_redraw_interval
+        self.calls_since_redraw = 0
+        # Filled by `redraw_projection()` from `_init_weights`; a checkpoint overwrites it on load.
+        self.register_buffer("projection_matrix", torch.zeros(self.num_features, self.head_dim), persistent=True)
+
+    @torch.no_grad()
+    def redraw_projection(self) -> None:
+        fresh = gaussian_orthogonal_random_matrix(self.num_features, self.head_dim)
+        self.projection_matrix.copy_(fresh.to(self.projection_matrix))
+
+    def feature_map(self, x: torch.Tensor, is_query: bool) -> torch.Tensor:
+        """phi(x) for x (B, H, N, D) in fp32 -> (B, H, N, M)."""
+        x = x * self.head_dim**-0.25  # scale q and k both, so that phi(q).phi(k) ~ exp(q.k / sqrt(D))
+        projected = x @ self.projection_matrix.float().T  # (B, H, N, M)
+        if self.kernel == "relu":
+            return F.relu(projected) + 1e-3
+        half_norm = 0.5 * x.square().sum(-1, keepdim=True)
+        # Stabilise exp: any per-query constant cancels in the row normalisation; for keys only one
+        # constant per head (not per key) keeps the ratios between keys intact.
+        if is_query:
+            shift = projected.amax(dim=-1, keepdim=True)
+        else:
+            shift = projected.amax(dim=(-2, -1), keepdim=True)
+        return self.num_features**-0.5 * (torch.exp(projected - half_norm - shift.detach()) + 1e-4)
+
+    def forward(self, hidden_states, rope=None, grid=None, output_attentions=False, **kwargs):
+        if self.training and self.redraw_interval > 0:
+            self.calls_since_redraw += 1
+            if self.calls_since_redraw >= self.redraw_interval:
+                self.redraw_projection()
+                self.calls_since_redraw = 0
+        query, key, value = self.project_qkv(hidden_states, rope)
+        input_dtype = value.dtype
+        with torch.autocast(device_type=value.device.type, enabled=False):
+            query_features = self.feature_map(query.float(), is_query=True)  # (B, H, N, M)
+            key_features = self.feature_map(key.float(), is_query=False)  # (B, H, N, M)
+            key_value = key_features.transpose(-1, -2) @ value.float()  # (B, H, M, D)
+            normaliser = query_features @ key_features.sum(dim=-2).unsqueeze(-1)  # (B, H, N, 1)
+            context = (query_features @ key_value) / normaliser  # (B, H, N, D)
+            weights = None
+            if output_attentions:
+                weights = (query_features @ key_features.transpose(-1, -2)) / normaliser  # (B, H, N, N)
+        context = F.dropout(context.to(input_dtype), p=self.dropout_p, training=self.training)
+        return self.merge_heads(context), weights
+
+
+class LinformerAttention(VixQKVMixer):
+    """Linformer: keys and values projected along the sequence axis from N to k, so cost is O(N k).
+
+    `linformer_share_kv` shares the sequence projection of keys and values (E = F, the Linformer paper's
+    key-value sharing). Two compatibility options reproduce the `linformer` package used by the paper's
+    code: `linformer_one_kv_head` (one key/value head shared by all query heads) and
+    `linformer_values_from_keys` (V = K, no `v_proj`).
+    """
+
+    fixed_sequence_length = True
+
+    def __init__(self, config):
+        super().__init__(config, kv_heads=1 if config.linformer_one_kv_head else None)
+        self.seq_len = config.num_tokens
+        self.values_from_keys = config.linformer_values_from_keys
+        if self.values_from_keys:
+            del self.v_proj
+        self.seq_proj_k = nn.Parameter(torch.empty(self.seq_len, config.linformer_k))
+        self.seq_proj_v = None if config.linformer_share_kv else nn.Parameter(torch.empty(self.seq_len, config.linformer_k))
+
+    def forward(self, hidden_states, rope=None, grid=None, output_attentions=False, **kwargs):
+        num_tokens = hidden_states.shape[1]
+        if num_tokens != self.seq_len:
+            raise ValueError(
+                f"Linformer projects exactly {self.seq_len} tokens (the image size and patch size of the config), "
+                f"but got {num_tokens}. Resize images to the configured `image_size`, or use another attention_type."
+            )
+        query = self.split_heads(self.q_proj(hidden_states))
+        key = self.split_heads(self.k_proj(hidden_states))  # (B, kv_heads, N, D)
+        value = key if self.values_from_keys else self.split_heads(self.v_proj(hidden_states))
+        if rope is not None:  # values keep the unrotated keys when V = K, as in the paper's code
+            query, key = apply_rotary(query, *rope), apply_rotary(key, *rope)
+        seq_proj_v = self.seq_proj_k if self.seq_proj_v is None else self.seq_proj_v
+        key = torch.einsum("bhnd,nk->bhkd", key, self.seq_proj_k.to(key.dtype))  # (B, kv_heads, k, D)
+        value = torch.einsum("bhnd,nk->bhkd", value, seq_proj_v.to(value.dtype))
+        key = key.expand(-1, self.num_heads, -1, -1)
+        value = value.expand(-1, self.num_heads, -1, -1)
+        if output_attentions:
+            context, weights = eager_attention_forward(self, query, key, value, None, self.scaling, self.dropout_p)
+            context = context.transpose(1, 2)  # back to (B, H, N, D)
+        else:
+            context = F.scaled_dot_product_attention(query, key, value, dropout_p=self.dropout_p, scale=self.scaling)
+            weights = None
+        return self.merge_heads(context), weights
+
+
+def iterative_pinv(matrix: torch.Tensor, iterations: int, per_matrix_scale: bool) -> torch.Tensor:
+    """Moore-Penrose pseudo-inverse of (..., m, m) by the Nystromformer paper's iteration (its eq. 16).
+
+    Z0 = A^T / (max column sum * max row sum) guarantees convergence. With `per_matrix_scale` the maxima are
+    taken per matrix, so a sample's result does not depend on the other samples of its batch; otherwise over
+    the whole tensor, as the `nystrom-attention` package does.
+    """
+    absolute = matrix.abs()
+    col_sums, row_sums = absolute.sum(dim=-2), absolute.sum(dim=-1)
+    if per_matrix_scale:
+        scale = col_sums.amax(-1, keepdim=True)[..., None] * row_sums.amax(-1, keepdim=True)[..., None]
+    else:
+        scale = col_sums.max() * row_sums.max()
+    inverse = matrix.transpose(-1, -2) / scale
+    identity = torch.eye(matrix.shape[-1], device=matrix.device, dtype=matrix.dtype)
+    for _ in range(iterations):
+        product = matrix @ inverse
+        inverse = 0.25 * inverse @ (13 * identity - product @ (15 * identity - product @ (7 * identity - product)))
+    return inverse
+
+
+def segment_means(x: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """Means of `num_segments` consecutive runs of tokens of x (B, H, N, D) -> (B, H, m, D).
+
+    When m divides N the runs have equal length N/m. Otherwise they have length floor(N/m) or ceil(N/m)
+    (token j belongs to run floor(j m / N)), so every landmark is the mean of real tokens only: no
+    padding tokens are invented, and nothing needs masking.
+    """
+    num_tokens = x.shape[-2]
+    if num_tokens % num_segments == 0:
+        return x.unflatten(-2, (num_segments, num_tokens // num_segments)).mean(dim=-2)
+    segment_of_token = torch.arange(num_tokens, device=x.device) * num_segments // num_tokens
+    membership = F.one_hot(segment_of_token, num_segments).T.to(x.dtype)  # (m, N)
+    averaging = membership / membership.sum(dim=-1, keepdim=True)
+    return averaging @ x
+
+
+class NystromAttention(VixQKVMixer):
+    """Nystromformer: softmax attention through m landmarks (segment means of q and k), O(N m).
+
+    out = softmax(Q K~^T) pinv(softmax(Q~ K~^T)) softmax(Q~ K^T) V  +  depthwise_conv(V)
+
+    The two N-sized softmax products are themselves softmax attentions, so both run through
+    `scaled_dot_product_attention` (fused, never storing an N x m map in fp32 twice); the order
+    softmax(Q K~^T) @ (pinv @ (softmax(Q~ K^T) @ V)) avoids every N x m x m product.
+
+    When m does not divide N, landmarks are means over runs of unequal length (see `segment_means`)
+    instead of the official code's zero tokens. `nystrom_padding="zeros_front"` restores the official
+    behaviour (zero tokens prepended, part of the landmarks and of the softmaxes) for exact reproduction.
+    """
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.num_landmarks = config.nystrom_num_landmarks
+        self.pinv_iterations = config.nystrom_pinv_iterations
+        self.pad_zeros_front = config.nystrom_padding == "zeros_front"
+        self.per_matrix_pinv_scale = config.nystrom_pinv_scale == "per_head"
+        kernel = config.nystrom_residual_conv_kernel
+        self.residual_conv = None
+        if kernel > 0:
+            self.residual_conv = nn.Conv2d(
+                self.num_heads, self.num_heads, (kernel, 1), padding=(kernel // 2, 0), groups=self.num_heads, bias=False
+            )
+
+    def forward(self, hidden_states, rope=None, grid=None, output_attentions=False, **kwargs):
+        num_tokens = hidden_states.shape[1]
+        num_padding = 0
+        if self.pad_zeros_front and num_tokens % self.num_landmarks:
+            num_padding = self.num_landmarks - num_tokens % self.num_landmarks
+            hidden_states = F.pad(hidden_states, (0, 0, num_padding, 0))
+            if rope is not None:  # padded tokens get the identity rotation
+                cos, sin = rope
+                rope = (F.pad(cos, (0, 0, num_padding, 0), value=1.0), F.pad(sin, (0, 0, num_padding, 0)))
+        query, key, value = self.project_qkv(hidden_states, rope)
+        num_landmarks = min(self.num_landmarks, query.shape[-2])
+        query_landmarks = segment_means(query, num_landmarks)  # (B, H, m, D)
+        key_landmarks = segment_means(key, num_landmarks)
+
+        input_dtype = value.dtype
+        with torch.autocast(device_type=value.device.type, enabled=False):
+            # The m x m kernel and its pseudo-inverse need fp32: the iteration cubes the matrix.
+            kernel = torch.softmax(query_landmarks.float() @ key_landmarks.float().transpose(-1, -2) * self.scaling, -1)
+            kernel_pinv = iterative_pinv(kernel, self.pinv_iterations, self.per_matrix_pinv_scale)  # (B, H, m, m)
+
+        if output_attentions:
+            left = torch.softmax(query @ key_landmarks.transpose(-1, -2) * self.scaling, -1, dtype=torch.float32)
+            right = torch.softmax(query_landmarks @ key.transpose(-1, -2) * self.scaling, -1, dtype=torch.float32)
+            weights = (left @ kernel_pinv @ right).to(input_dtype)  # (B, H, N, N)
+            context = weights @ value
+        else:
+            landmark_context = F.scaled_dot_product_attention(query_landmarks, key, value, scale=self.scaling)
+            landmark_context = (kernel_pinv @ landmark_context.float()).to(input_dtype)  # (B, H, m, D)
+            context = F.scaled_dot_product_attention(query, key_landmarks, landmark_context, scale=self.scaling)
+            weights = None
+        if self.residual_conv is not None:
+            context = context + self.residual_conv(value)
+        context = F.dropout(context, p=self.dropout_p, training=self.training)
+        output = self.merge_heads(context)
+        if num_padding:
+            output = output[:, num_padding:]
+            weights = None if weights is None else weights[..., num_padding:, num_padding:]
+        return output, weights
+
+
+class FNetMixer(VixTokenMixer):
+    """FNet: the real part of the 2D discrete Fourier transform over (tokens, hidden). No parameters."""
+
+    def __init__(self, config):
+        super().__init__()
+
+    def forward(self, hidden_states, rope=None, grid=None, output_attentions=False, **kwargs):
+        # torch has no half-precision FFT on CPU (and only power-of-two sizes on GPU): compute in fp32.
+        with torch.autocast(device_type=hidden_states.device.type, enabled=False):
+            mixed = torch.fft.fft2(hidden_states.float(), dim=(-2, -1)).real
+        return mixed.to(hidden_states.dtype), None
+
+
+class TokenMixingMLP(VixTokenMixer):
+    """MLP-Mixer's token mixing: one MLP across the N tokens, shared by all channels."""
+
+    fixed_sequence_length = True
+
+    def __init__(self, config):
+        super().__init__()
+        self.seq_len = config.num_tokens
+        hidden = max(1, int(self.seq_len * config.mixer_token_expansion))
+        self.fc1 = nn.Linear(self.seq_len, hidden)
+        self.activation = nn.GELU()
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.fc2 = nn.Linear(hidden, self.seq_len)
+
+    def forward(self, hidden_states, rope=None, grid=None, output_attentions=False, **kwargs):
+        num_tokens = hidden_states.shape[1]
+        if num_tokens != self.seq_len:
+            raise ValueError(
+                f"The MLP-Mixer token MLP mixes exactly {self.seq_len} tokens (the image size and patch size of the "
+                f"config), but got {num_tokens}. Resize images to the configured `image_size`."
+            )
+        tokens_last = hidden_states.transpose(1, 2)  # (B, C, N)
+        mixed = self.fc2(self.dropout(self.activation(self.fc1(tokens_last))))
+        return mixed.transpose(1, 2), None
+
+
+MIXERS: dict[str, type[VixTokenMixer]] = {
+    "softmax": SoftmaxAttention,
+    "performer": PerformerAttention,
+    "linformer": LinformerAttention,
+    "nystrom": NystromAttention,
+    "fnet": FNetMixer,
+    "mixer": TokenMixingMLP,
+}
+
+__all__ = ["MIXERS", "VixTokenMixer", "apply_rotary"]
