@@ -1,4 +1,4 @@
-"""VixImageProcessor: any PIL / numpy / torch image -> normalized RGB `pixel_values` at the model's size.
+"""VixImageProcessor: PIL images, numpy HWC/CHW arrays or torch CHW tensors -> normalized RGB `pixel_values`.
 
 Built on transformers' `PilBackend` (numpy on CPU), so it needs no torchvision. Grayscale, RGBA, CMYK
 and palette images are converted to RGB first. Defaults fit CIFAR: 32x32, CIFAR-10 channel statistics.

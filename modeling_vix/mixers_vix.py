@@ -133,7 +133,9 @@ def gaussian_orthogonal_random_matrix(num_rows: int, num_columns: int, generator
     blocks = []
     for _ in range(math.ceil(num_rows / num_columns)):
         gaussian = torch.randn(num_columns, num_columns, generator=generator)
-        orthogonal, _ = torch.linalg.qr(gaussian)
+        orthogonal, triangular = torch.linalg.qr(gaussian)
+        # Fix the signs so Q is Haar-distributed (QR alone biases the row directions, and with them FAVOR+).
+        orthogonal = orthogonal * torch.sign(torch.diagonal(triangular)).where(torch.diagonal(triangular) != 0, 1.0)
         blocks.append(orthogonal.T)
     matrix = torch.cat(blocks)[:num_rows]
     row_norms = torch.randn(num_rows, num_columns, generator=generator).norm(dim=1)
@@ -144,7 +146,8 @@ class PerformerAttention(VixQKVMixer):
     """FAVOR+ (Performer): softmax attention approximated by positive random features, linear in N.
 
     The random projection is a persistent buffer, so it is saved and identical after a reload. It is never
-    redrawn unless `performer_redraw_interval` > 0 (then every that many training calls).
+    redrawn unless `performer_redraw_interval` > 0: then the model calls `count_training_step()` once per
+    training forward (outside the layers, so a checkpointed layer's recompute in backward does not count).
     Feature maps and their contractions run in fp32: exp() of bf16/fp16 logits overflows or loses the ratio.
     """
 
@@ -154,13 +157,22 @@ class PerformerAttention(VixQKVMixer):
         self.num_features = config.performer_num_features or int(self.head_dim * math.log(self.head_dim))
         self.redraw_interval = config.performer_redraw_interval
         self.calls_since_redraw = 0
-        # Filled by `redraw_projection()` from `_init_weights`; a checkpoint overwrites it on load.
-        self.register_buffer("projection_matrix", torch.zeros(self.num_features, self.head_dim), persistent=True)
+        # Drawn here (a meta tensor while from_pretrained builds the model, then the checkpoint's own matrix).
+        projection = gaussian_orthogonal_random_matrix(self.num_features, self.head_dim)
+        self.register_buffer("projection_matrix", projection, persistent=True)
 
     @torch.no_grad()
     def redraw_projection(self) -> None:
         fresh = gaussian_orthogonal_random_matrix(self.num_features, self.head_dim)
         self.projection_matrix.copy_(fresh.to(self.projection_matrix))
+
+    def count_training_step(self) -> None:
+        """Redraw the features every `redraw_interval` training steps (interval 0: never)."""
+        if self.redraw_interval > 0:
+            self.calls_since_redraw += 1
+            if self.calls_since_redraw >= self.redraw_interval:
+                self.redraw_projection()
+                self.calls_since_redraw = 0
 
     def feature_map(self, x: torch.Tensor, is_query: bool) -> torch.Tensor:
         """phi(x) for x (B, H, N, D) in fp32 -> (B, H, N, M)."""
@@ -178,11 +190,6 @@ class PerformerAttention(VixQKVMixer):
         return self.num_features**-0.5 * (torch.exp(projected - half_norm - shift.detach()) + 1e-4)
 
     def forward(self, hidden_states, rope=None, grid=None, output_attentions=False, **kwargs):
-        if self.training and self.redraw_interval > 0:
-            self.calls_since_redraw += 1
-            if self.calls_since_redraw >= self.redraw_interval:
-                self.redraw_projection()
-                self.calls_since_redraw = 0
         query, key, value = self.project_qkv(hidden_states, rope)
         input_dtype = value.dtype
         with torch.autocast(device_type=value.device.type, enabled=False):

@@ -132,11 +132,10 @@ class VixModel(VixPreTrainedModel):
                 f"attention_type={self.config.attention_type!r} mixes tokens without attention weights, so there are no "
                 "attention maps to return. Call without output_attentions (output_hidden_states works for every mixer)."
             )
-        if interpolate_pos_encoding and mixer is not None and mixer.fixed_sequence_length:
-            raise ValueError(
-                f"attention_type={self.config.attention_type!r} has parameters sized by the token count "
-                f"({self.config.num_tokens}), so it cannot run at another resolution; resize the images instead."
-            )
+        if self.training:
+            for layer in self.layers:
+                if isinstance(layer.attention, PerformerAttention):
+                    layer.attention.count_training_step()
         pixel_values = pixel_values.to(next(self.embeddings.patch_embeddings.parameters()).dtype)
         hidden_states, rope, grid = self.embeddings(pixel_values, interpolate_pos_encoding=bool(interpolate_pos_encoding))
         for layer in self.layers:
@@ -180,14 +179,20 @@ class VixForImageClassification(VixPreTrainedModel):
         )
 
 
+IGNORE_INDEX = -100  # cross-entropy's "no label here", as everywhere in transformers
+
+
 def check_labels(labels: torch.Tensor, num_labels: int) -> None:
     """Out-of-range class indices would crash deep inside cross-entropy (or silently on some devices)."""
     if labels.dtype in (torch.long, torch.int) and labels.numel() and num_labels > 1:
-        low, high = int(labels.min()), int(labels.max())
+        kept = labels[labels != IGNORE_INDEX]
+        if kept.numel() == 0:
+            return
+        low, high = int(kept.min()), int(kept.max())
         if low < 0 or high >= num_labels:
             raise ValueError(
-                f"labels must be class indices in [0, {num_labels}) (config.num_labels); got values in [{low}, {high}]. "
-                "Set num_labels / id2label to match the dataset."
+                f"labels must be class indices in [0, {num_labels}) (config.num_labels) or {IGNORE_INDEX} to "
+                f"ignore a sample; got values in [{low}, {high}]. Set num_labels / id2label to match the dataset."
             )
 
 
