@@ -7,7 +7,7 @@ int(d ln d) = 110 features, never redrawn; Linformer k = 64 with shared key/valu
 
 Compatibility settings (only for reproducing the authors' `vision-xformer` code exactly; each departs
 from the better default for a stated reason): `nystrom_padding="zeros_front"`, `nystrom_pinv_scale="global"`,
-`linformer_one_kv_head=True`, `linformer_values_from_keys=True`.
+`linformer_one_kv_head=True`, `linformer_values_from_keys=True`, `patch_embedding_norm=True`.
 """
 
 from huggingface_hub.dataclasses import strict
@@ -42,8 +42,12 @@ class VixConfig(PreTrainedConfig):
         `learned` (added), `rope_1d` (the paper's RoPE over raster order), `rope_2d` (axial), or `none`.
     pooling (`str`, defaults to `"cls"`):
         `cls` classifies from a cls token; `mean` has no cls token and averages the patch tokens.
+    head_dim (`int`, *optional*):
+        Channels per attention head; defaults to `hidden_size // num_attention_heads`.
     conv_stem_channels (`list[int]`, defaults to `[32, 64]`):
         Channels of the conv stem before its last conv (which outputs `hidden_size`).
+    patch_embedding_norm (`bool`, defaults to False; compatibility):
+        LayerNorm before and after the linear patch projection, as in the authors' `vision-xformer` package.
     rope_theta (`float`, defaults to 10000.0): RoPE base.
     nystrom_num_landmarks (`int`, 64), nystrom_pinv_iterations (`int`, 6),
     nystrom_residual_conv_kernel (`int`, 33; 0 disables the depthwise conv on V):
@@ -88,6 +92,7 @@ class VixConfig(PreTrainedConfig):
     layer_norm_eps: float = 1e-5
     qkv_bias: bool = False
     initializer_range: float = 0.02
+    head_dim: int | None = None
 
     attention_type: str = "softmax"
     embedding_type: str = "linear"
@@ -95,6 +100,7 @@ class VixConfig(PreTrainedConfig):
     pooling: str = "cls"
 
     conv_stem_channels: list[int] | tuple[int, ...] = (32, 64)
+    patch_embedding_norm: bool = False
     rope_theta: float | int = 10000.0
 
     nystrom_num_landmarks: int = 64
@@ -125,6 +131,10 @@ class VixConfig(PreTrainedConfig):
     def image_size_hw(self) -> tuple[int, int]:
         size = self.image_size
         return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+    @property
+    def attention_head_dim(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_attention_heads
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -162,11 +172,16 @@ class VixConfig(PreTrainedConfig):
                 f"image_size {height}x{width} is not divisible by patch_size {self.patch_size}; "
                 "choose a patch size that divides both sides."
             )
-        if self.hidden_size % self.num_attention_heads:
+        if self.head_dim is not None and self.head_dim < 1:
+            raise ValueError(f"head_dim must be at least 1 or None; got {self.head_dim}.")
+        if self.head_dim is None and self.hidden_size % self.num_attention_heads:
             raise ValueError(
-                f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads ({self.num_attention_heads})."
+                f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads ({self.num_attention_heads}), "
+                "or set head_dim explicitly."
             )
-        head_dim = self.hidden_size // self.num_attention_heads
+        head_dim = self.attention_head_dim
+        if self.patch_embedding_norm and self.embedding_type != "linear":
+            raise ValueError("patch_embedding_norm applies to the linear patch embedding; use embedding_type='linear'.")
         if any(channels < 1 for channels in self.conv_stem_channels):
             raise ValueError(f"conv_stem_channels must be positive; got {self.conv_stem_channels}.")
         if not 0 <= self.hidden_dropout_prob < 1 or not 0 <= self.attention_probs_dropout_prob < 1:

@@ -7,19 +7,35 @@ the mixers apply to queries and keys (`rope_1d`, `rope_2d`).
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
 class VixPatchEmbeddings(nn.Module):
-    """`linear`: non-overlapping p x p patches, each projected linearly (a strided conv, as in HF ViT)."""
+    """`linear`: non-overlapping p x p patches, each projected linearly (a strided conv, as in HF ViT).
+
+    With `patch_embedding_norm` (compatibility with the authors' `vision-xformer` package) a LayerNorm over
+    each patch's pixels comes before the projection and one over the hidden size after it.
+    """
 
     def __init__(self, config):
         super().__init__()
         p = config.patch_size
+        self.patch_size = p
         self.projection = nn.Conv2d(config.num_channels, config.hidden_size, kernel_size=p, stride=p)
+        self.norm_before = self.norm_after = None
+        if config.patch_embedding_norm:
+            self.norm_before = nn.LayerNorm(config.num_channels * p * p, eps=config.layer_norm_eps)
+            self.norm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.projection(pixel_values)  # (B, C, h, w)
+        if self.norm_before is None:
+            return self.projection(pixel_values)  # (B, C, h, w)
+        height, width = (size // self.patch_size for size in pixel_values.shape[-2:])
+        patches = F.unfold(pixel_values, self.patch_size, stride=self.patch_size)  # (B, C_in*p*p, h*w), (c, p1, p2)
+        weight = self.projection.weight.flatten(1)  # (C, C_in*p*p), same (c, p1, p2) order
+        tokens = self.norm_after(F.linear(self.norm_before(patches.transpose(1, 2)), weight, self.projection.bias))
+        return tokens.transpose(1, 2).unflatten(-1, (height, width))  # (B, C, h, w)
 
 
 class VixConvStemEmbeddings(nn.Module):
@@ -95,7 +111,7 @@ class VixEmbeddings(nn.Module):
         self.position_embeddings = None
         if config.position_embedding_type == "learned":
             self.position_embeddings = nn.Parameter(torch.zeros(1, config.num_tokens, config.hidden_size))
-        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.head_dim = config.attention_head_dim
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def check_pixel_values(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool) -> None:

@@ -77,7 +77,7 @@ class VixQKVMixer(VixTokenMixer):
         super().__init__()
         self.config = config
         self.num_heads = config.num_attention_heads
-        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.head_dim = config.attention_head_dim
         self.num_kv_heads = kv_heads or self.num_heads
         self.scaling = self.head_dim**-0.5
         self.attention_dropout = config.attention_probs_dropout_prob
