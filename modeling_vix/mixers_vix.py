@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 
@@ -93,10 +94,16 @@ class VixQKVMixer(VixTokenMixer):
         return projected.unflatten(-1, (-1, self.head_dim)).transpose(1, 2)
 
     def project_qkv(self, hidden_states, rope):
-        """Queries, keys and values as (B, H, N, D); RoPE rotates q and k (never v), as in RoFormer."""
-        query = self.split_heads(self.q_proj(hidden_states))
-        key = self.split_heads(self.k_proj(hidden_states))
-        value = self.split_heads(self.v_proj(hidden_states))
+        """Queries, keys and values as (B, H, N, D); RoPE rotates q and k (never v), as in RoFormer.
+
+        The three projections run as one GEMM on their concatenated weights: one 3C-wide product uses the
+        matmul units better than three C-wide ones (and one read of the input in backward instead of three).
+        """
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        weight = torch.cat([projection.weight for projection in projections])
+        bias = None if self.q_proj.bias is None else torch.cat([projection.bias for projection in projections])
+        qkv = F.linear(hidden_states, weight, bias)  # (B, N, 3 * H * D)
+        query, key, value = qkv.unflatten(-1, (3, self.num_heads, self.head_dim)).permute(2, 0, 3, 1, 4).unbind(0)
         if rope is not None:
             query, key = apply_rotary(query, *rope), apply_rotary(key, *rope)
         return query, key, value
@@ -288,6 +295,35 @@ def segment_means(x: torch.Tensor, num_segments: int) -> torch.Tensor:
     return averaging @ x
 
 
+def depthwise_token_conv(values: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+    """Per-head 1D convolution along the tokens, zero-padded to keep N: values (B, H, N, D), taps (H, K), K odd.
+
+    Same result as `Conv2d(H, H, (K, 1), padding=(K // 2, 0), groups=H)` on (B, H, N, D), written as a
+    block-banded matmul: tokens are cut into blocks of L >= K // 2 so that an output block sees only its own
+    block and its two neighbours, each through one (L, L) Toeplitz matrix of taps per head. Three large GEMMs
+    on views of one padded copy: about 3x faster (forward + backward) than oneDNN's grouped conv at the
+    paper's 1025 tokens, saving one copy of V for backward, and still linear in N.
+    """
+    _, _, num_tokens, head_dim = values.shape
+    kernel = taps.shape[-1]
+    block = max(32, kernel // 2)
+    num_blocks = -(-num_tokens // block)
+    padded = F.pad(values, (0, 0, block, block + num_blocks * block - num_tokens))  # (B, H, (nb + 2) L, D)
+    # (H, B, L, nb + 2, D): row r of block i is token (i - 1) L + r; one copy, viewed three times below.
+    blocks = padded.unflatten(2, (num_blocks + 2, block)).permute(1, 0, 3, 2, 4).contiguous()
+    rows = torch.arange(block, device=values.device)[:, None]
+    cols = torch.arange(block, device=values.device)[None, :]
+    output = 0
+    for shift in (-1, 0, 1):  # the neighbour block feeding each output block
+        tap_index = cols - rows + shift * block + kernel // 2  # (L, L)
+        in_band = (tap_index >= 0) & (tap_index < kernel)
+        toeplitz = (taps[:, tap_index.clamp(0, kernel - 1)] * in_band.to(taps.dtype)).to(values.dtype)  # (H, L, L)
+        neighbours = blocks[:, :, :, 1 + shift : 1 + shift + num_blocks].flatten(3)  # (H, B, L, nb * D), a view
+        output = output + toeplitz[:, None] @ neighbours
+    output = output.unflatten(3, (num_blocks, head_dim)).permute(1, 0, 3, 2, 4)  # (B, H, nb, L, D)
+    return output.flatten(2, 3)[:, :, :num_tokens]
+
+
 class NystromAttention(VixQKVMixer):
     """Nystromformer: softmax attention through m landmarks (segment means of q and k), O(N m).
 
@@ -315,6 +351,15 @@ class NystromAttention(VixQKVMixer):
                 self.num_heads, self.num_heads, (kernel, 1), padding=(kernel // 2, 0), groups=self.num_heads, bias=False
             )
 
+    def pseudo_inverse(self, kernel: torch.Tensor) -> torch.Tensor:
+        """The iteration keeps ~4 m x m products per step alive for backward; recomputing them in backward
+        (cheap: O(m^3)) saves that memory, as flash attention does for its scores."""
+        if torch.is_grad_enabled() and kernel.requires_grad:
+            return checkpoint(
+                iterative_pinv, kernel, self.pinv_iterations, self.per_matrix_pinv_scale, use_reentrant=False
+            )
+        return iterative_pinv(kernel, self.pinv_iterations, self.per_matrix_pinv_scale)
+
     def forward(self, hidden_states, rope=None, grid=None, output_attentions=False, **kwargs):
         num_tokens = hidden_states.shape[1]
         num_padding = 0
@@ -333,7 +378,7 @@ class NystromAttention(VixQKVMixer):
         with torch.autocast(device_type=value.device.type, enabled=False):
             # The m x m kernel and its pseudo-inverse need fp32: the iteration cubes the matrix.
             kernel = torch.softmax(query_landmarks.float() @ key_landmarks.float().transpose(-1, -2) * self.scaling, -1)
-            kernel_pinv = iterative_pinv(kernel, self.pinv_iterations, self.per_matrix_pinv_scale)  # (B, H, m, m)
+            kernel_pinv = self.pseudo_inverse(kernel)  # (B, H, m, m)
 
         if output_attentions:
             left = torch.softmax(query @ key_landmarks.transpose(-1, -2) * self.scaling, -1, dtype=torch.float32)
@@ -345,8 +390,8 @@ class NystromAttention(VixQKVMixer):
             landmark_context = (kernel_pinv @ landmark_context.float()).to(input_dtype)  # (B, H, m, D)
             context = F.scaled_dot_product_attention(query, key_landmarks, landmark_context, scale=self.scaling)
             weights = None
-        if self.residual_conv is not None:
-            context = context + self.residual_conv(value)
+        if self.residual_conv is not None:  # weight (H, 1, K, 1), kept in Conv2d form for checkpoints
+            context = context + depthwise_token_conv(value, self.residual_conv.weight[:, 0, :, 0])
         context = F.dropout(context, p=self.dropout_p, training=self.training)
         output = self.merge_heads(context)
         if num_padding:

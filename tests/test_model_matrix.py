@@ -317,12 +317,15 @@ def test_performer_large_logits_stay_finite_in_half_precision(mode, scale):
     # fp16's range, so a feature map computed naively in half precision would give inf or 0.
     captured = {}
     first = reference.vix.layers[0].attention
-    handle = first.q_proj.register_forward_hook(lambda module, args, output: captured.setdefault("q", output))
+    def keep_mixer_input(module, args, output):  # returns None: a hook's return value would replace the output
+        captured.setdefault("mixer_input", args[0])
+
+    handle = first.register_forward_hook(keep_mixer_input)
     with torch.no_grad():
         expected = reference.vix(inputs, output_attentions=True)
         expected_logits = reference(inputs).logits
+        query = first.split_heads(first.q_proj(captured["mixer_input"])) * first.head_dim**-0.25
     handle.remove()
-    query = first.split_heads(captured["q"]) * first.head_dim**-0.25
     projected = query @ first.projection_matrix.T
     half_norm = 0.5 * query.square().sum(-1)
     overflows = torch.isinf(projected.half().exp()).any()

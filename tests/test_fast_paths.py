@@ -1,0 +1,45 @@
+"""The optimized formulations give the same results (values and gradients) as the plain ones they replace."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import tiny_config
+from modeling_vix.mixers_vix import NystromAttention, depthwise_token_conv, iterative_pinv
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 1025, 32, 33), (1, 2, 7, 3, 5), (2, 3, 100, 8, 1), (1, 2, 64, 4, 129)])
+def test_banded_token_conv_equals_grouped_conv2d(shape):
+    batch, heads, tokens, head_dim, kernel = shape
+    values = torch.randn(batch, heads, tokens, head_dim, dtype=torch.float64, requires_grad=True)
+    taps = torch.randn(heads, kernel, dtype=torch.float64, requires_grad=True)
+    expected = F.conv2d(values, taps[:, None, :, None], padding=(kernel // 2, 0), groups=heads)
+    actual = depthwise_token_conv(values, taps)
+    torch.testing.assert_close(actual, expected)
+    upstream = torch.randn_like(expected)
+    expected_grads = torch.autograd.grad(expected, (values, taps), upstream)
+    actual_grads = torch.autograd.grad(actual, (values, taps), upstream)
+    for got, want in zip(actual_grads, expected_grads):
+        torch.testing.assert_close(got, want)
+
+
+def test_fused_qkv_projection_equals_separate_linears():
+    mixer = NystromAttention(tiny_config(attention_type="nystrom", qkv_bias=True))
+    hidden = torch.randn(2, 65, 32)
+    query, key, value = mixer.project_qkv(hidden, None)
+    for projection, got in zip((mixer.q_proj, mixer.k_proj, mixer.v_proj), (query, key, value)):
+        torch.testing.assert_close(got, mixer.split_heads(projection(hidden)))
+
+
+def test_recomputed_pseudo_inverse_gives_the_same_gradients():
+    """The pseudo-inverse is recomputed in backward instead of stored: gradients must not change."""
+    mixer = NystromAttention(tiny_config(attention_type="nystrom")).train()
+    hidden = torch.randn(2, 65, 32, requires_grad=True)
+    output, _ = mixer(hidden)
+    recomputed = torch.autograd.grad(output.square().sum(), [hidden, *mixer.parameters()])
+
+    mixer.pseudo_inverse = lambda kernel: iterative_pinv(kernel, mixer.pinv_iterations, mixer.per_matrix_pinv_scale)
+    output, _ = mixer(hidden)
+    stored = torch.autograd.grad(output.square().sum(), [hidden, *mixer.parameters()])
+    for got, want in zip(recomputed, stored):
+        torch.testing.assert_close(got, want)
