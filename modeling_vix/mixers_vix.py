@@ -196,18 +196,31 @@ class PerformerAttention(VixQKVMixer):
             shift = projected.amax(dim=(-2, -1), keepdim=True)
         return self.num_features**-0.5 * (torch.exp(projected - half_norm - shift.detach()) + 1e-4)
 
+    def favor_attention(self, query, key, value, return_weights=False):
+        """D^-1 phi(Q) (phi(K)^T V) for fp32 (B, H, N, D) inputs, with D = diag(phi(Q) phi(K)^T 1)."""
+        query_features = self.feature_map(query, is_query=True)  # (B, H, N, M)
+        key_features = self.feature_map(key, is_query=False)  # (B, H, N, M)
+        key_value = key_features.transpose(-1, -2) @ value  # (B, H, M, D)
+        normaliser = query_features @ key_features.sum(dim=-2).unsqueeze(-1)  # (B, H, N, 1)
+        context = (query_features @ key_value) / normaliser  # (B, H, N, D)
+        if not return_weights:
+            return context
+        return context, (query_features @ key_features.transpose(-1, -2)) / normaliser  # (B, H, N, N)
+
     def forward(self, hidden_states, rope=None, grid=None, output_attentions=False, **kwargs):
         query, key, value = self.project_qkv(hidden_states, rope)
         input_dtype = value.dtype
         with torch.autocast(device_type=value.device.type, enabled=False):
-            query_features = self.feature_map(query.float(), is_query=True)  # (B, H, N, M)
-            key_features = self.feature_map(key.float(), is_query=False)  # (B, H, N, M)
-            key_value = key_features.transpose(-1, -2) @ value.float()  # (B, H, M, D)
-            normaliser = query_features @ key_features.sum(dim=-2).unsqueeze(-1)  # (B, H, N, 1)
-            context = (query_features @ key_value) / normaliser  # (B, H, N, D)
+            query, key, value = query.float(), key.float(), value.float()
             weights = None
             if output_attentions:
-                weights = (query_features @ key_features.transpose(-1, -2)) / normaliser  # (B, H, N, N)
+                context, weights = self.favor_attention(query, key, value, return_weights=True)
+            elif torch.is_grad_enabled():
+                # The (B, H, N, M) feature maps and their exp() intermediates are several times the size of
+                # q, k, v: keep only q, k, v for backward and recompute the rest there (cheap next to storing it).
+                context = checkpoint(self.favor_attention, query, key, value, use_reentrant=False)
+            else:
+                context = self.favor_attention(query, key, value)
         context = F.dropout(context.to(input_dtype), p=self.dropout_p, training=self.training)
         return self.merge_heads(context), weights
 

@@ -43,3 +43,21 @@ def test_recomputed_pseudo_inverse_gives_the_same_gradients():
     stored = torch.autograd.grad(output.square().sum(), [hidden, *mixer.parameters()])
     for got, want in zip(recomputed, stored):
         torch.testing.assert_close(got, want)
+
+
+def test_recomputed_favor_features_give_the_same_gradients():
+    """Performer's feature maps are recomputed in backward instead of stored: gradients must not change.
+    The output_attentions path stores them (it needs the maps), so it serves as the plain reference."""
+    from modeling_vix.mixers_vix import PerformerAttention
+
+    mixer = PerformerAttention(tiny_config(attention_type="performer")).train()
+    hidden = torch.randn(2, 65, 32, requires_grad=True)
+    inputs = [hidden, *mixer.parameters()]
+    recomputed_output, _ = mixer(hidden)
+    recomputed = torch.autograd.grad(recomputed_output.square().sum(), inputs)
+    stored_output, weights = mixer(hidden, output_attentions=True)
+    assert weights is not None
+    stored = torch.autograd.grad(stored_output.square().sum(), inputs)
+    torch.testing.assert_close(recomputed_output, stored_output)
+    for got, want in zip(recomputed, stored):
+        torch.testing.assert_close(got, want)
