@@ -7,7 +7,8 @@ int(d ln d) = 110 features, never redrawn; Linformer k = 64 with shared key/valu
 
 Compatibility settings (only for reproducing the authors' `vision-xformer` code exactly; each departs
 from the better default for a stated reason): `nystrom_padding="zeros_front"`, `nystrom_pinv_scale="global"`,
-`linformer_one_kv_head=True`, `linformer_values_from_keys=True`, `patch_embedding_norm=True`.
+`linformer_one_kv_head=True`, `linformer_values_from_keys=True`, `patch_embedding_norm=True`,
+`performer_key_stabilizer="global"`.
 """
 
 from huggingface_hub.dataclasses import strict
@@ -22,6 +23,7 @@ POOLING_TYPES = ("cls", "mean")
 PERFORMER_KERNELS = ("softmax", "relu")
 NYSTROM_PADDINGS = ("none", "zeros_front")
 NYSTROM_PINV_SCALES = ("per_head", "global")
+PERFORMER_KEY_STABILIZERS = ("per_head", "global")
 
 
 def _check_choice(name: str, value, choices) -> None:
@@ -42,6 +44,11 @@ class VixConfig(PreTrainedConfig):
         `learned` (added), `rope_1d` (the paper's RoPE over raster order), `rope_2d` (axial), or `none`.
     pooling (`str`, defaults to `"cls"`):
         `cls` classifies from a cls token; `mean` has no cls token and averages the patch tokens.
+    use_distillation_token (`bool`, defaults to False):
+        DeiT's distillation token after the cls token (needs pooling="cls"). Set by the DeiT converter.
+    use_distillation_head (`bool`, defaults to False):
+        With the distillation token: classify with the mean of a cls head and a head on the distillation token,
+        as DeiT-with-teacher does at inference.
     head_dim (`int`, *optional*):
         Channels per attention head; defaults to `hidden_size // num_attention_heads`.
     conv_stem_channels (`list[int]`, defaults to `[32, 64]`):
@@ -62,6 +69,10 @@ class VixConfig(PreTrainedConfig):
     performer_num_features (`int`, *optional*): random features; default int(d ln d) for head dim d (110 at 32).
     performer_kernel (`str`, `"softmax"`): `softmax` (FAVOR+ positive features) or `relu`.
     performer_redraw_interval (`int`, 0): redraw the features every that many training calls (0 = never).
+    performer_key_stabilizer (`str`, `"per_head"`):
+        The constant subtracted from the key-feature logits before exp(): one per sample and head, or one over
+        the whole batch (`global`, compatibility with the performer-pytorch 1.0 copy in the authors' ViP; it
+        cancels in the normalisation except through FAVOR+'s +1e-4, so a sample then depends on its batch).
     linformer_k (`int`, 64): projected sequence length.
     linformer_share_kv (`bool`, True): one sequence projection for keys and values (E = F).
     linformer_one_kv_head (`bool`, False; compatibility): one key/value head shared by all heads.
@@ -98,6 +109,8 @@ class VixConfig(PreTrainedConfig):
     embedding_type: str = "linear"
     position_embedding_type: str = "learned"
     pooling: str = "cls"
+    use_distillation_token: bool = False
+    use_distillation_head: bool = False
 
     conv_stem_channels: list[int] | tuple[int, ...] = (32, 64)
     patch_embedding_norm: bool = False
@@ -112,6 +125,7 @@ class VixConfig(PreTrainedConfig):
     performer_num_features: int | None = None
     performer_kernel: str = "softmax"
     performer_redraw_interval: int = 0
+    performer_key_stabilizer: str = "per_head"
 
     linformer_k: int = 64
     linformer_share_kv: bool = True
@@ -143,9 +157,9 @@ class VixConfig(PreTrainedConfig):
 
     @property
     def num_tokens(self) -> int:
-        """Tokens the mixers see at the configured image size: patches, plus the cls token when pooling="cls"."""
+        """Tokens the mixers see at the configured image size: patches plus prefix tokens (cls, distillation)."""
         height, width = self.grid_size
-        return height * width + int(self.pooling == "cls")
+        return height * width + int(self.pooling == "cls") + int(self.use_distillation_token)
 
     def check_combinations(self) -> None:
         """Raise ValueError for an unknown value or an impossible combination, saying what to do instead.
@@ -159,6 +173,7 @@ class VixConfig(PreTrainedConfig):
         _check_choice("performer_kernel", self.performer_kernel, PERFORMER_KERNELS)
         _check_choice("nystrom_padding", self.nystrom_padding, NYSTROM_PADDINGS)
         _check_choice("nystrom_pinv_scale", self.nystrom_pinv_scale, NYSTROM_PINV_SCALES)
+        _check_choice("performer_key_stabilizer", self.performer_key_stabilizer, PERFORMER_KEY_STABILIZERS)
 
         if isinstance(self.image_size, list) and len(self.image_size) != 2:
             raise ValueError(f"image_size must be an int or [height, width]; got {self.image_size}.")
@@ -180,6 +195,10 @@ class VixConfig(PreTrainedConfig):
                 "or set head_dim explicitly."
             )
         head_dim = self.attention_head_dim
+        if self.use_distillation_token and self.pooling != "cls":
+            raise ValueError("use_distillation_token (DeiT) needs pooling='cls': the distillation token sits after cls.")
+        if self.use_distillation_head and not self.use_distillation_token:
+            raise ValueError("use_distillation_head classifies from the distillation token: set use_distillation_token=True.")
         if self.patch_embedding_norm and self.embedding_type != "linear":
             raise ValueError("patch_embedding_norm applies to the linear patch embedding; use embedding_type='linear'.")
         if any(channels < 1 for channels in self.conv_stem_channels):

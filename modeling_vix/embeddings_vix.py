@@ -73,23 +73,22 @@ def rope_tables(angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return angles.cos(), angles.sin()
 
 
-def rope_1d(height: int, width: int, head_dim: int, with_cls: bool, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The paper's RoPE: one position per token in raster order, cls (when present) at position 0."""
-    positions = torch.arange(height * width + int(with_cls), dtype=torch.float32)
+def rope_1d(height: int, width: int, head_dim: int, num_prefix: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The paper's RoPE: one position per token in raster order, prefix tokens (cls) first, from position 0."""
+    positions = torch.arange(height * width + num_prefix, dtype=torch.float32)
     return rope_tables(positions[:, None] * rope_frequencies(head_dim // 2, base))
 
 
-def rope_2d(height: int, width: int, head_dim: int, with_cls: bool, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_2d(height: int, width: int, head_dim: int, num_prefix: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Axial RoPE: the first half of the pairs rotate with the patch row, the second half with the column.
 
-    The cls token (when present) is not rotated. Any grid works: nothing here is sized by the config.
+    Prefix tokens (cls, distillation) are not rotated. Any grid works: nothing here is sized by the config.
     """
     frequencies = rope_frequencies(head_dim // 4, base)
     rows = torch.arange(height, dtype=torch.float32).repeat_interleave(width)  # raster order
     cols = torch.arange(width, dtype=torch.float32).repeat(height)
     angles = torch.cat((rows[:, None] * frequencies, cols[:, None] * frequencies), dim=-1)  # (h*w, D/2)
-    if with_cls:
-        angles = torch.cat((angles.new_zeros(1, angles.shape[-1]), angles))
+    angles = torch.cat((angles.new_zeros(num_prefix, angles.shape[-1]), angles))
     return rope_tables(angles)
 
 
@@ -108,6 +107,11 @@ class VixEmbeddings(nn.Module):
         else:
             self.patch_embeddings = VixPatchEmbeddings(config)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if config.pooling == "cls" else None
+        # DeiT's second prefix token (after cls), distilled from a teacher; converted DeiT checkpoints carry it.
+        self.distillation_token = None
+        if config.use_distillation_token:
+            self.distillation_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.num_prefix_tokens = int(self.cls_token is not None) + int(self.distillation_token is not None)
         self.position_embeddings = None
         if config.position_embedding_type == "learned":
             self.position_embeddings = nn.Parameter(torch.zeros(1, config.num_tokens, config.hidden_size))
@@ -143,27 +147,27 @@ class VixEmbeddings(nn.Module):
         trained_h, trained_w = (size // self.patch_size for size in self.image_size)
         if (height, width) == (trained_h, trained_w) and not torch.jit.is_tracing():
             return self.position_embeddings
-        num_cls = int(self.cls_token is not None)
-        cls_position = self.position_embeddings[:, :num_cls]
-        grid = self.position_embeddings[:, num_cls:].reshape(1, trained_h, trained_w, -1).permute(0, 3, 1, 2)
+        prefix_positions = self.position_embeddings[:, : self.num_prefix_tokens]
+        grid = self.position_embeddings[:, self.num_prefix_tokens :].reshape(1, trained_h, trained_w, -1).permute(0, 3, 1, 2)
         grid = nn.functional.interpolate(grid, size=(height, width), mode="bicubic", align_corners=False)
         grid = grid.permute(0, 2, 3, 1).flatten(1, 2)  # (1, height * width, C)
-        return torch.cat((cls_position, grid), dim=1)
+        return torch.cat((prefix_positions, grid), dim=1)
 
     def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False):
         self.check_pixel_values(pixel_values, interpolate_pos_encoding)
         features = self.patch_embeddings(pixel_values)  # (B, C, h, w)
         grid = tuple(features.shape[-2:])
         embeddings = features.flatten(2).transpose(1, 2)  # (B, h*w, C), raster order
-        if self.cls_token is not None:
-            embeddings = torch.cat((self.cls_token.expand(embeddings.shape[0], -1, -1), embeddings), dim=1)
+        prefix = [token.expand(embeddings.shape[0], -1, -1) for token in (self.cls_token, self.distillation_token)
+                  if token is not None]
+        embeddings = torch.cat((*prefix, embeddings), dim=1)  # (B, prefix + h*w, C)
         if self.position_embeddings is not None:
             embeddings = embeddings + self.interpolate_pos_encoding(*grid)
         rope = None
         position_type = self.config.position_embedding_type
         if position_type in ("rope_1d", "rope_2d"):
             make_tables = rope_1d if position_type == "rope_1d" else rope_2d
-            cos, sin = make_tables(*grid, self.head_dim, self.cls_token is not None, self.config.rope_theta)
+            cos, sin = make_tables(*grid, self.head_dim, self.num_prefix_tokens, self.config.rope_theta)
             rope = (cos.to(embeddings.device), sin.to(embeddings.device))
         return self.dropout(embeddings), rope, grid
 

@@ -163,6 +163,7 @@ class PerformerAttention(VixQKVMixer):
         self.kernel = config.performer_kernel
         self.num_features = config.performer_num_features or int(self.head_dim * math.log(self.head_dim))
         self.redraw_interval = config.performer_redraw_interval
+        self.global_key_stabilizer = config.performer_key_stabilizer == "global"
         self.calls_since_redraw = 0
         # Drawn here (a meta tensor while from_pretrained builds the model, then the checkpoint's own matrix).
         projection = gaussian_orthogonal_random_matrix(self.num_features, self.head_dim)
@@ -192,6 +193,8 @@ class PerformerAttention(VixQKVMixer):
         # constant per head (not per key) keeps the ratios between keys intact.
         if is_query:
             shift = projected.amax(dim=-1, keepdim=True)
+        elif self.global_key_stabilizer:  # compatibility: one max over the whole batch (performer-pytorch 1.0)
+            shift = projected.amax()
         else:
             shift = projected.amax(dim=(-2, -1), keepdim=True)
         return self.num_features**-0.5 * (torch.exp(projected - half_norm - shift.detach()) + 1e-4)

@@ -86,8 +86,9 @@ class VixPreTrainedModel(PreTrainedModel):
         if isinstance(module, VixEmbeddings):
             if module.position_embeddings is not None:
                 init.trunc_normal_(module.position_embeddings, std=std)
-            if module.cls_token is not None:
-                init.trunc_normal_(module.cls_token, std=std)
+            for token in (module.cls_token, module.distillation_token):
+                if token is not None:
+                    init.trunc_normal_(token, std=std)
         elif isinstance(module, LinformerAttention):
             # The Linformer paper's init of E / F: uniform(+-1/sqrt(k)), so k projected tokens keep unit scale.
             bound = module.seq_proj_k.shape[-1] ** -0.5
@@ -154,6 +155,11 @@ class VixForImageClassification(VixPreTrainedModel):
         self.num_labels = config.num_labels
         self.vix = VixModel(config)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.distillation_classifier = None
+        if config.use_distillation_head:
+            self.distillation_classifier = (
+                nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+            )
         self.post_init()
 
     @can_return_tuple
@@ -170,6 +176,8 @@ class VixForImageClassification(VixPreTrainedModel):
         """
         outputs = self.vix(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs)
         logits = self.classifier(outputs.pooler_output)
+        if self.distillation_classifier is not None:  # DeiT at inference: the mean of the two heads
+            logits = (logits + self.distillation_classifier(outputs.last_hidden_state[:, 1])) / 2
         loss = None
         if labels is not None:
             check_labels(labels, self.config.num_labels)
