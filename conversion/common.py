@@ -1,0 +1,506 @@
+"""Shared parts of the converters: safe loading, the rename table, strict filling of a ViX model, the parity
+check on real images, and writing a Hub-ready folder (weights, config with `auto_map`, modeling files,
+processor, model card).
+
+Safety: weights are read with safetensors or `torch.load(..., weights_only=True)`; nothing here unpickles
+code. Strictness: every source key must be consumed by a rule and every ViX key filled, with matching
+shapes; otherwise a `ConversionError` lists the offending keys and nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modeling_vix import VixConfig, VixForImageClassification, VixImageProcessor
+
+
+class ConversionError(ValueError):
+    """A checkpoint that cannot be converted as asked (unknown or unused keys, shapes, architecture)."""
+
+
+# --------------------------------------------------------------------------------------------------------
+# Loading without unpickling code
+# --------------------------------------------------------------------------------------------------------
+
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net")
+PREFIXES_TO_STRIP = ("module.", "_orig_mod.")  # DataParallel / DistributedDataParallel, torch.compile
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from `.safetensors` (safetensors) or a torch file (`torch.load(weights_only=True)`).
+
+    A training checkpoint that wraps the weights (`{"state_dict": ...}`, `{"model": ...}`) is unwrapped, and
+    `module.` / `_orig_mod.` prefixes (DataParallel, torch.compile) are stripped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConversionError(f"Checkpoint file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # UnpicklingError for a pickled nn.Module, among others
+            raise ConversionError(
+                f"{path} cannot be read with torch.load(weights_only=True) ({type(error).__name__}: "
+                f"{str(error).splitlines()[0] if str(error) else ''}). Pickled models (torch.save(model)) are "
+                "refused because unpickling runs code; save `model.state_dict()` (or safetensors) instead."
+            ) from None
+    return clean_state_dict(state, what=str(path))
+
+
+def clean_state_dict(state, what: str = "state dict") -> dict[str, torch.Tensor]:
+    """Unwrap a checkpoint dict, strip wrapper prefixes, check that every value is a tensor."""
+    while isinstance(state, Mapping) and not any(isinstance(v, torch.Tensor) for v in state.values()):
+        wrapped = [key for key in WRAPPER_KEYS if isinstance(state.get(key), Mapping)]
+        if not wrapped:
+            break
+        state = state[wrapped[0]]
+    if not isinstance(state, Mapping):
+        raise ConversionError(f"{what} is not a state dict (got {type(state).__name__}).")
+    cleaned = {}
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise ConversionError(
+                f"{what}: entry {key!r} is a {type(value).__name__}, not a tensor. Pass the model's state_dict()."
+            )
+        for prefix in PREFIXES_TO_STRIP:
+            while key.startswith(prefix):
+                key = key[len(prefix):]
+        cleaned[key] = value.detach().cpu()
+    if not cleaned:
+        raise ConversionError(f"{what} holds no tensors.")
+    return cleaned
+
+
+# --------------------------------------------------------------------------------------------------------
+# The rename table
+# --------------------------------------------------------------------------------------------------------
+
+Handler = Callable[[re.Match, torch.Tensor], dict[str, torch.Tensor]]
+
+
+@dataclass
+class Rule:
+    """`pattern` must match a whole source key; `handler(match, tensor)` returns the ViX keys it fills."""
+
+    pattern: str
+    handler: Handler
+
+    def __post_init__(self):
+        self.regex = re.compile(self.pattern)
+
+
+def rename(template: str, transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Handler:
+    """One source tensor -> one ViX key (`template` may use the pattern's groups, e.g. `\\1`)."""
+
+    def handler(match: re.Match, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {match.expand(template): transform(tensor) if transform else tensor}
+
+    return handler
+
+
+def split(*templates: str, dim: int = 0) -> Handler:
+    """One fused tensor (e.g. `to_qkv.weight`) -> equal chunks along `dim`, one per template (q, k, v)."""
+
+    def handler(match: re.Match, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
+        if tensor.shape[dim] % len(templates):
+            raise ConversionError(
+                f"{match.string}: size {tensor.shape[dim]} along dim {dim} does not split into {len(templates)} parts."
+            )
+        chunks = tensor.chunk(len(templates), dim=dim)
+        return {match.expand(template): chunk.clone() for template, chunk in zip(templates, chunks)}
+
+    return handler
+
+
+def drop() -> Handler:
+    """Consume a source key on purpose (only for keys a caller has explicitly agreed to drop)."""
+    return lambda match, tensor: {}
+
+
+def apply_rules(source: Mapping[str, torch.Tensor], rules: Iterable[Rule]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Run every source key through the first rule that matches it whole.
+
+    Returns the ViX state dict and the source keys that no rule consumed (the caller refuses those).
+    """
+    rules = list(rules)
+    converted: dict[str, torch.Tensor] = {}
+    produced_by: dict[str, str] = {}
+    unused = []
+    for key, tensor in source.items():
+        rule = next((rule for rule in rules if rule.regex.fullmatch(key)), None)
+        if rule is None:
+            unused.append(key)
+            continue
+        for target, value in rule.handler(rule.regex.fullmatch(key), tensor).items():
+            if target in converted:
+                raise ConversionError(f"Both {produced_by[target]!r} and {key!r} map to ViX key {target!r}.")
+            converted[target] = value.contiguous()
+            produced_by[target] = key
+    return converted, unused
+
+
+def _listing(keys: Iterable[str], limit: int = 12) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def load_strict(model: nn.Module, converted: Mapping[str, torch.Tensor], unused_source_keys: Iterable[str],
+                source_name: str) -> None:
+    """Fill `model` from `converted`, refusing unused source keys, unfilled or unknown ViX keys and shape
+    mismatches (all reported together)."""
+    target = model.state_dict()
+    problems = []
+    unused_source_keys = list(unused_source_keys)
+    if unused_source_keys:
+        problems.append(f"source keys that no rule uses (unknown to this converter): {_listing(unused_source_keys)}")
+    missing = set(target) - set(converted)
+    if missing:
+        problems.append(f"ViX keys that the source does not fill: {_listing(missing)}")
+    unexpected = set(converted) - set(target)
+    if unexpected:
+        problems.append(f"converted keys that the ViX model does not have: {_listing(unexpected)}")
+    mismatched = [
+        f"{key} {tuple(converted[key].shape)} vs ViX {tuple(target[key].shape)}"
+        for key in sorted(set(target) & set(converted)) if converted[key].shape != target[key].shape
+    ]
+    if mismatched:
+        problems.append(f"shape mismatches: {_listing(mismatched)}")
+    if problems:
+        raise ConversionError(
+            f"Cannot convert {source_name} strictly; nothing was written.\n- " + "\n- ".join(problems)
+        )
+    model.load_state_dict(dict(converted), strict=True)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Tensor layouts shared by the converters
+# --------------------------------------------------------------------------------------------------------
+
+
+def patch_linear_to_conv(weight: torch.Tensor, channels: int, patch: int) -> torch.Tensor:
+    """A Linear over patches flattened as (p1 p2 c) (einops `b (h w) (p1 p2 c)`) -> Conv2d weight (C, c, p1, p2)."""
+    out_features = weight.shape[0]
+    return weight.reshape(out_features, patch, patch, channels).permute(0, 3, 1, 2).contiguous()
+
+
+def patch_vector_to_unfold_order(vector: torch.Tensor, channels: int, patch: int) -> torch.Tensor:
+    """A per-feature vector over (p1 p2 c) (the LayerNorm before the patch Linear) -> ViX's (c p1 p2) order."""
+    return vector.reshape(patch, patch, channels).permute(2, 0, 1).reshape(-1).contiguous()
+
+
+def resample_position_embeddings(positions: torch.Tensor, num_prefix_tokens: int, old_grid: tuple[int, int],
+                                 new_grid: tuple[int, int]) -> torch.Tensor:
+    """(1, prefix + h*w, C) -> (1, prefix + H*W, C): the patch grid resampled bicubically (align_corners=False),
+    exactly as transformers' ViT and ViX do with `interpolate_pos_encoding=True`; prefix tokens kept."""
+    if tuple(old_grid) == tuple(new_grid):
+        return positions
+    prefix, grid = positions[:, :num_prefix_tokens], positions[:, num_prefix_tokens:]
+    channels = grid.shape[-1]
+    grid = grid.reshape(1, *old_grid, channels).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=tuple(new_grid), mode="bicubic", align_corners=False)
+    return torch.cat((prefix, grid.permute(0, 2, 3, 1).reshape(1, -1, channels)), dim=1)
+
+
+def square_side(count: int, what: str) -> int:
+    side = math.isqrt(count)
+    if side * side != count:
+        raise ConversionError(f"{what} ({count}) is not a square; pass the image size explicitly.")
+    return side
+
+
+# --------------------------------------------------------------------------------------------------------
+# Parity on real images
+# --------------------------------------------------------------------------------------------------------
+
+DEFAULT_CIFAR10 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "plain_text" / "test-00000-of-00001.parquet"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+def load_images(spec=None, limit: int = 8):
+    """Images for the parity check: PIL images, or paths (image files, folders of them, or a parquet file in
+    the Hub's image layout, e.g. CIFAR-10's). Default: the local CIFAR-10 test copy when it exists.
+
+    Returns (images, description); (None, reason) when no real image is available.
+    """
+    from PIL import Image
+
+    if spec is None:
+        if DEFAULT_CIFAR10.exists():
+            spec = [DEFAULT_CIFAR10]
+        else:
+            return None, "no images given (--images)"
+    if isinstance(spec, (str, Path)) or hasattr(spec, "convert"):
+        spec = [spec]
+    images, names = [], []
+    for item in spec:
+        if len(images) >= limit:
+            break
+        if hasattr(item, "convert"):
+            images.append(item.convert("RGB"))
+            names.append("PIL images")
+            continue
+        path = Path(item)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            images += [Image.open(p).convert("RGB") for p in files[: limit - len(images)]]
+            names.append(str(path))
+        elif path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path).slice(0, limit - len(images)).to_pylist()
+            column = next((c for c in ("img", "image") if table and c in table[0]), None)
+            if column is None:
+                raise ConversionError(f"{path}: no 'img' or 'image' column.")
+            images += [Image.open(io.BytesIO(row[column]["bytes"])).convert("RGB") for row in table]
+            names.append(str(path))
+        elif path.is_file():
+            images.append(Image.open(path).convert("RGB"))
+            names.append(str(path))
+        else:
+            raise ConversionError(f"Image source not found: {path}")
+    if not images:
+        return None, "no images found in " + ", ".join(map(str, spec))
+    return images[:limit], f"{len(images[:limit])} real images ({', '.join(dict.fromkeys(names))})"
+
+
+def parity_pixels(processor: VixImageProcessor, images, num_channels: int, size: tuple[int, int], seed: int = 0):
+    """pixel_values from real images through the converted folder's own processor; seeded noise otherwise."""
+    loaded, description = load_images(images)
+    if loaded is not None and num_channels == 3:
+        return processor(loaded, return_tensors="pt")["pixel_values"], description
+    generator = torch.Generator().manual_seed(seed)
+    reason = description if loaded is None else f"the model has {num_channels} channels"
+    return torch.randn(2, num_channels, *size, generator=generator), f"2 random-noise inputs ({reason})"
+
+
+def logit_parity(reference: torch.Tensor, logits: torch.Tensor, reference_name: str, attention_type: str,
+                 inputs: str, expected_exact: bool) -> dict:
+    """Max abs logit difference and top-1 agreement of `logits` against `reference`."""
+    reference, logits = reference.detach().float(), logits.detach().float()
+    if reference.shape != logits.shape:
+        raise ConversionError(f"Logit shapes differ: source {tuple(reference.shape)}, ViX {tuple(logits.shape)}.")
+    return {
+        "reference": reference_name,
+        "attention_type": attention_type,
+        "max_abs_logit_diff": float((reference - logits).abs().max()),
+        "reference_logit_scale": float(reference.abs().max()),
+        "top1_agreement": float((reference.argmax(-1) == logits.argmax(-1)).float().mean()),
+        "inputs": inputs,
+        "expected_exact": expected_exact,
+    }
+
+
+def check_tolerance(parity: dict, atol: float | None, source_name: str) -> None:
+    if atol is not None and parity["expected_exact"] and not parity["max_abs_logit_diff"] <= atol:
+        raise ConversionError(
+            f"{source_name}: converted logits differ from the source by {parity['max_abs_logit_diff']:.3e} "
+            f"(> atol {atol:.0e}) on {parity['inputs']}; nothing was written. This is a converter bug or a "
+            "source option the converter does not read: please report it."
+        )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Output folder and model card
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ConversionResult:
+    model: VixForImageClassification
+    processor: VixImageProcessor
+    parity: list[dict] = field(default_factory=list)
+    output_dir: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def config(self) -> VixConfig:
+        return self.model.config
+
+
+def check_output_dir(output_dir, overwrite: bool) -> Path | None:
+    """Refuse a non-empty output folder up front (before any work) unless `overwrite`."""
+    if output_dir is None:
+        return None
+    output_dir = Path(output_dir)
+    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())) and not overwrite:
+        raise ConversionError(f"{output_dir} exists and is not empty; choose another folder or pass --overwrite.")
+    return output_dir
+
+
+def make_processor(size: tuple[int, int], image_mean, image_std, **kwargs) -> VixImageProcessor:
+    return VixImageProcessor(size={"height": int(size[0]), "width": int(size[1])}, image_mean=list(image_mean),
+                             image_std=list(image_std), **kwargs)
+
+
+def build_card(result: ConversionResult, *, source: str, base_model: str | None = None, model_name: str | None = None):
+    """A README.md model card (huggingface_hub ModelCard) stating the source and the measured parity."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    config = result.config
+    data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="image-classification",
+        license="apache-2.0",
+        tags=["vix", config.attention_type, "custom_code", "converted"],
+        base_model=base_model,
+        model_name=model_name,
+    )
+    rows = [
+        "| reference | ViX attention_type | max abs logit diff | reference logit scale | top-1 agreement | inputs |",
+        "|---|---|---|---|---|---|",
+    ]
+    for entry in result.parity:
+        rows.append(
+            f"| {entry['reference']} | `{entry['attention_type']}` | {entry['max_abs_logit_diff']:.2e} | "
+            f"{entry['reference_logit_scale']:.2e} | {entry['top1_agreement']:.0%} | {entry['inputs']} |"
+        )
+    if not result.parity:
+        rows = ["Parity was not measured (the source model could not be built here)."]
+    compatibility = [
+        name for name, default in (
+            ("patch_embedding_norm", False), ("nystrom_padding", "none"), ("nystrom_pinv_scale", "per_head"),
+            ("linformer_one_kv_head", False), ("linformer_values_from_keys", False),
+        ) if getattr(config, name) != default
+    ]
+    settings = {key: getattr(config, key) for key in (
+        "attention_type", "embedding_type", "position_embedding_type", "pooling", "image_size", "patch_size",
+        "hidden_size", "num_hidden_layers", "num_attention_heads", "head_dim", "intermediate_size")}
+    body = [
+        f"# {model_name or 'ViX (converted)'}",
+        "",
+        f"A ViX model (`{config.attention_type}` token mixer) converted from **{source}** with "
+        "`conversion/` of the ViX repository. Load it with the `vix` package installed, or with "
+        "`trust_remote_code=True`:",
+        "",
+        "```python",
+        "from transformers import AutoImageProcessor, AutoModelForImageClassification",
+        "model = AutoModelForImageClassification.from_pretrained(\"<this folder or repo>\", trust_remote_code=True)",
+        "processor = AutoImageProcessor.from_pretrained(\"<this folder or repo>\", trust_remote_code=True)",
+        "```",
+        "",
+        "## Configuration",
+        "",
+        "```json",
+        json.dumps(settings),
+        "```",
+        "",
+        "Compatibility settings (reproduce the source exactly; not recommended for new models): "
+        + (", ".join(f"`{name}={getattr(config, name)!r}`" for name in compatibility) or "none") + ".",
+        "",
+        "## Measured parity (logits, eval mode, fp32)",
+        "",
+        *rows,
+    ]
+    if result.notes:
+        body += ["", "## Notes", "", *[f"- {note}" for note in result.notes]]
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body) + "\n")
+
+
+@torch.no_grad()
+def write_folder(result: ConversionResult, output_dir: Path, *, source: str, base_model: str | None,
+                 check_pixels: torch.Tensor, check_logits: torch.Tensor | None = None, overwrite: bool = False) -> Path:
+    """Save weights, config (with auto_map), modeling files, processor and card into `output_dir`, written to a
+    temporary sibling first and moved into place only once the saved folder reloads with the same logits."""
+    output_dir = Path(output_dir)
+    check_output_dir(output_dir, overwrite)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    try:
+        result.model.save_pretrained(staging)
+        result.processor.save_pretrained(staging)
+        build_card(result, source=source, base_model=base_model, model_name=output_dir.name).save(staging / "README.md")
+        from transformers import AutoModelForImageClassification
+
+        reloaded = AutoModelForImageClassification.from_pretrained(staging).eval()
+        if check_logits is None:
+            check_logits = result.model(check_pixels).logits
+        difference = (reloaded(check_pixels).logits - check_logits).abs().max().item()
+        if difference > 1e-6:
+            raise ConversionError(f"The saved folder reloads with different logits (max diff {difference:.2e}).")
+        if output_dir.exists():
+            shutil.rmtree(output_dir) if output_dir.is_dir() else output_dir.unlink()
+        staging.rename(output_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    result.output_dir = output_dir
+    return output_dir
+
+
+# --------------------------------------------------------------------------------------------------------
+# CLI helpers
+# --------------------------------------------------------------------------------------------------------
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output_dir", required=True, help="Folder to write (must be empty or absent).")
+    parser.add_argument("--images", nargs="*", default=None,
+                        help="Real images for the parity check: files, folders or a parquet file (Hub image layout). "
+                             "Default: the local CIFAR-10 test copy when present, else random noise.")
+    parser.add_argument("--atol", type=float, default=1e-4,
+                        help="Refuse to write when an exact conversion's logits differ by more (default 1e-4).")
+    parser.add_argument("--overwrite", action="store_true", help="Replace a non-empty output folder.")
+
+
+def parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_options(pairs: Iterable[str] | None) -> dict:
+    options = {}
+    for pair in pairs or ():
+        if "=" not in pair:
+            raise ConversionError(f"Expected KEY=VALUE, got {pair!r}.")
+        key, value = pair.split("=", 1)
+        options[key.strip()] = parse_value(value)
+    return options
+
+
+def print_summary(result: ConversionResult) -> None:
+    for entry in result.parity:
+        print(f"parity vs {entry['reference']} ({entry['attention_type']}): max abs logit diff "
+              f"{entry['max_abs_logit_diff']:.3e}, top-1 agreement {entry['top1_agreement']:.0%} on {entry['inputs']}")
+    for note in result.notes:
+        print(f"note: {note}")
+    if result.output_dir is not None:
+        print(f"wrote {result.output_dir}")
+
+
+def run_cli(main: Callable[[], ConversionResult]) -> int:
+    try:
+        print_summary(main())
+    except ConversionError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+__all__ = [
+    "ConversionError", "ConversionResult", "Rule", "rename", "split", "drop", "apply_rules", "load_strict",
+    "load_state_dict_file", "clean_state_dict", "patch_linear_to_conv", "patch_vector_to_unfold_order",
+    "resample_position_embeddings", "load_images", "parity_pixels", "logit_parity", "check_tolerance",
+    "check_output_dir", "make_processor", "build_card", "write_folder", "add_common_arguments", "parse_options",
+    "run_cli",
+]

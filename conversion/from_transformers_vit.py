@@ -1,0 +1,273 @@
+"""Convert a transformers ViT or DeiT image classifier (a local folder or a Hub id) into ViX, with any
+attention mixer.
+
+    python -m conversion.from_transformers_vit --model google/vit-base-patch16-224 --output_dir vix-vit-base
+    python -m conversion.from_transformers_vit --model ./my-vit --attention_type nystrom \
+        --vix_option nystrom_num_landmarks=49 --output_dir vix-vin-from-vit
+
+- `softmax`: the same model; the logits are checked against the source (exact up to float rounding).
+- `performer`, `nystrom`: the same q/k/v/o projections and all other weights carry over unchanged; the
+  mixer approximates softmax attention, so the script measures how far the logits move from the softmax
+  source on real images: a starting point for a linear-attention fine-tune, not the same classifier.
+  Performer's random features are drawn with `--seed`; Nystrom's residual conv on V starts at zero.
+- `linformer`: as above, plus its new sequence projections (Linformer's init, `--seed`); it runs at the
+  converted image size only.
+- `fnet`, `mixer` have no queries or keys: refused.
+- `--image_size` other than the checkpoint's: the learned position embeddings are resampled bicubically,
+  exactly as `interpolate_pos_encoding=True` does in transformers (parity is measured against the source
+  run with `interpolate_pos_encoding=True`).
+- DeiT (`model_type="deit"`) adds a distillation token that every layer attends to; ViX keeps it
+  (`use_distillation_token=True`) and, for `DeiTForImageClassificationWithTeacher`, also its distillation head
+  (`use_distillation_head=True`: logits are the mean of both heads, as DeiT at inference), so DeiT converts
+  exactly. `--drop_distillation_token` gives a plain ViX instead and reports the logit change against the
+  source's cls head. (transformers' non-distilled DeiT checkpoints, e.g. facebook/deit-base-patch16-224,
+  are `ViT` models.)
+
+Loading goes through `from_pretrained` without `trust_remote_code` (safetensors, or torch files with
+`weights_only=True`); a checkpoint that does not fill its transformers class exactly (e.g. a `ViTModel`
+backbone without a classifier) is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from modeling_vix import VixConfig, VixForImageClassification
+from modeling_vix.mixers_vix import MIXERS
+
+from .common import (
+    ConversionError,
+    ConversionResult,
+    Rule,
+    add_common_arguments,
+    apply_rules,
+    check_output_dir,
+    check_tolerance,
+    drop,
+    load_strict,
+    logit_parity,
+    make_processor,
+    parse_options,
+    parity_pixels,
+    rename,
+    resample_position_embeddings,
+    run_cli,
+    write_folder,
+)
+
+
+SUPPORTED_MODEL_TYPES = ("vit", "deit")
+ATTENTION_TYPES = ("softmax", "performer", "nystrom", "linformer")
+NEW_PARAMETERS = (".attention.seq_proj_k", ".attention.seq_proj_v", ".attention.projection_matrix")
+VIT_NORMALIZATION = (0.5, 0.5, 0.5)
+
+
+def load_source(source, revision=None):
+    """(model, hub id or None) from a model instance, a local folder or a Hub id."""
+    from transformers import AutoConfig, AutoModelForImageClassification, DeiTForImageClassificationWithTeacher
+
+    if not isinstance(source, (str, Path)):
+        model_type = getattr(getattr(source, "config", None), "model_type", None)
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ConversionError(f"Unsupported source architecture {type(source).__name__} (model_type {model_type!r}); "
+                                  "this converter takes transformers ViT and DeiT image classifiers.")
+        return source.eval(), None
+    config = AutoConfig.from_pretrained(source, revision=revision)  # no trust_remote_code: no code is run
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise ConversionError(f"Unsupported source architecture: model_type {config.model_type!r} "
+                              f"({', '.join(config.architectures or [])}); this converter takes ViT and DeiT.")
+    architectures = config.architectures or []
+    model_class = (DeiTForImageClassificationWithTeacher if "DeiTForImageClassificationWithTeacher" in architectures
+                   else AutoModelForImageClassification)
+    model, info = model_class.from_pretrained(source, revision=revision, output_loading_info=True)
+    problems = {name: info.get(name) for name in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(name)}
+    if problems:
+        raise ConversionError(
+            f"{source} does not load strictly into {type(model).__name__} (checkpoint architectures {architectures}): "
+            + "; ".join(f"{name}: {sorted(map(str, keys))[:8]}" for name, keys in problems.items())
+            + ". A backbone without a classification head cannot be converted into an image classifier."
+        )
+    hub_id = None if Path(str(source)).exists() else str(source)
+    return model.eval(), hub_id
+
+
+def source_processor_settings(source, revision=None) -> dict:
+    """Mean / std / resampling of the source's image processor (ViT's defaults when it has none)."""
+    settings = {"image_mean": VIT_NORMALIZATION, "image_std": VIT_NORMALIZATION}
+    if isinstance(source, (str, Path)):
+        try:
+            from transformers import AutoImageProcessor
+
+            processor = AutoImageProcessor.from_pretrained(source, revision=revision)
+        except Exception:  # no preprocessor_config.json: keep ViT's defaults
+            return settings
+        for name in ("image_mean", "image_std", "resample", "rescale_factor", "do_rescale", "do_normalize"):
+            value = getattr(processor, name, None)
+            if value is not None:
+                settings[name] = value
+    return settings
+
+
+def vix_config(source_config, attention_type: str, image_size, options: dict, keep_distillation: bool = False,
+               distillation_head: bool = False) -> VixConfig:
+    if attention_type not in ATTENTION_TYPES:
+        if attention_type in MIXERS:
+            raise ConversionError(f"attention_type={attention_type!r} has no queries, keys or values, so a ViT's attention "
+                                  f"weights cannot carry over; choose one of {', '.join(ATTENTION_TYPES)}.")
+        raise ConversionError(f"Unknown attention_type {attention_type!r}; choose one of {', '.join(ATTENTION_TYPES)}.")
+    c = source_config
+    settings = dict(
+        image_size=list(image_size), patch_size=c.patch_size, num_channels=c.num_channels, hidden_size=c.hidden_size,
+        num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
+        intermediate_size=c.intermediate_size, hidden_act=c.hidden_act, hidden_dropout_prob=c.hidden_dropout_prob,
+        attention_probs_dropout_prob=c.attention_probs_dropout_prob, initializer_range=c.initializer_range,
+        layer_norm_eps=c.layer_norm_eps, qkv_bias=c.qkv_bias, id2label=dict(c.id2label), label2id=dict(c.label2id),
+        attention_type=attention_type, embedding_type="linear", position_embedding_type="learned", pooling="cls",
+        use_distillation_token=keep_distillation, use_distillation_head=keep_distillation and distillation_head,
+    )
+    for key in options:
+        if key in settings and key not in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            raise ConversionError(f"{key} comes from the source checkpoint and cannot be set with a ViX option.")
+    try:
+        return VixConfig(**settings, **options)
+    except (TypeError, ValueError) as error:
+        raise ConversionError(f"Invalid ViX options {options}: {error}") from None
+
+
+def rules(model_type: str, drop_distillation: bool, old_grid, new_grid) -> list[Rule]:
+    prefix = model_type  # "vit" or "deit"
+
+    num_prefix = 2 if model_type == "deit" and not drop_distillation else 1
+
+    def positions(tensor):
+        if model_type == "deit" and drop_distillation:  # (cls, distillation, patches) -> (cls, patches)
+            tensor = torch.cat((tensor[:, :1], tensor[:, 2:]), dim=1)
+        return resample_position_embeddings(tensor, num_prefix, old_grid, new_grid)
+
+    table = [
+        Rule(prefix + r"\.embeddings\.position_embeddings", rename("vix.embeddings.position_embeddings", positions)),
+        Rule(r"classifier\.(weight|bias)", rename(r"classifier.\1")),
+        Rule(r"cls_classifier\.(weight|bias)", rename(r"classifier.\1")),
+    ]
+    if drop_distillation:
+        table += [Rule(prefix + r"\.embeddings\.distillation_token", drop()),
+                  Rule(r"distillation_classifier\.(weight|bias)", drop())]
+    else:
+        table.append(Rule(r"distillation_classifier\.(weight|bias)", rename(r"distillation_classifier.\1")))
+    table.append(Rule(prefix + r"\.((?:embeddings\.(?:cls_token|distillation_token|patch_embeddings\..*))|layers\..*|layernorm\..*)",
+                      rename(r"vix.\1")))
+    return table
+
+
+@torch.no_grad()
+def convert_transformers_vit(
+    source,
+    output_dir=None,
+    *,
+    attention_type: str = "softmax",
+    image_size=None,
+    vix_options: dict | None = None,
+    drop_distillation_token: bool = False,
+    revision: str | None = None,
+    images=None,
+    seed: int = 0,
+    atol: float | None = 1e-4,
+    overwrite: bool = False,
+) -> ConversionResult:
+    """A transformers ViT / DeiT classifier (instance, folder or Hub id) -> ViX with `attention_type`."""
+    check_output_dir(output_dir, overwrite)
+    if attention_type not in ATTENTION_TYPES:
+        vix_config(None, attention_type, None, {})  # raises the explanatory error
+    source_model, hub_id = load_source(source, revision)
+    c = source_model.config
+    model_type = c.model_type
+    old_size = (c.image_size, c.image_size) if isinstance(c.image_size, int) else tuple(c.image_size)
+    new_size = old_size if image_size is None else ((image_size, image_size) if isinstance(image_size, int) else tuple(image_size))
+    if new_size[0] % c.patch_size or new_size[1] % c.patch_size:
+        raise ConversionError(f"image_size {new_size} is not divisible by the patch size {c.patch_size}.")
+    old_grid = (old_size[0] // c.patch_size, old_size[1] // c.patch_size)
+    new_grid = (new_size[0] // c.patch_size, new_size[1] // c.patch_size)
+
+    keep_distillation = model_type == "deit" and not drop_distillation_token
+    with_teacher = "distillation_classifier.weight" in source_model.state_dict()
+    config = vix_config(c, attention_type, new_size, dict(vix_options or {}), keep_distillation, with_teacher)
+    torch.manual_seed(seed)  # Performer features and Linformer projections, when the mixer has them
+    model = VixForImageClassification(config).eval()
+    state = {key: value.detach().cpu() for key, value in source_model.state_dict().items()}
+    converted, unused = apply_rules(state, rules(model_type, drop_distillation_token, old_grid, new_grid))
+    result = ConversionResult(model=model, processor=None)
+    new_keys = [key for key in model.state_dict() if key.endswith(NEW_PARAMETERS)]
+    for key in new_keys:
+        converted[key] = model.state_dict()[key].clone()
+    conv_keys = [key for key in model.state_dict() if key.endswith(".attention.residual_conv.weight")]
+    for key in conv_keys:  # zero: the converted Nystrom model starts as the plain Nystrom approximation of softmax
+        converted[key] = torch.zeros_like(model.state_dict()[key])
+    if conv_keys:
+        result.notes.append("Nystrom's depthwise residual conv on V (not in the source) starts at zero, so the model "
+                            "starts from the Nystrom approximation of the source's attention "
+                            "(nystrom_residual_conv_kernel=0 removes it).")
+    if new_keys:
+        result.notes.append(f"New {attention_type} parameters, not in the source, initialised with seed {seed}: "
+                            f"{len(new_keys)} tensors ({', '.join(sorted({k.rsplit('.', 1)[-1] for k in new_keys}))}).")
+    source_name = f"transformers {type(source_model).__name__} ({hub_id or source if isinstance(source, (str, Path)) else 'model instance'})"
+    load_strict(model, converted, unused, source_name)
+
+    result.processor = make_processor(new_size, **source_processor_settings(source, revision))
+    pixels, inputs = parity_pixels(result.processor, images, c.num_channels, new_size, seed)
+    logits = model(pixels).logits
+    outputs = source_model(pixels, interpolate_pos_encoding=new_size != old_size)
+    # Without its distillation token a DeiT can only be compared on its cls head (which then sees fewer tokens).
+    cls_only = drop_distillation_token and getattr(outputs, "cls_logits", None) is not None
+    reference = outputs.cls_logits if cls_only else outputs.logits
+    exact = attention_type == "softmax" and (model_type == "vit" or keep_distillation)
+    name = f"transformers {type(source_model).__name__}" + (" (cls head)" if cls_only else "")
+    if new_size != old_size:
+        name += f", interpolate_pos_encoding to {new_size[0]}x{new_size[1]}"
+        result.notes.append(f"Position embeddings resampled bicubically from {old_grid} to {new_grid} patches.")
+    parity = logit_parity(reference, logits, name, attention_type, inputs, expected_exact=exact)
+    check_tolerance(parity, atol, source_name)
+    result.parity.append(parity)
+    if model_type == "deit" and drop_distillation_token:
+        result.notes.append("The DeiT distillation token (and its position embedding, and the distillation head when "
+                            "present) were dropped on request. The logits moved by the amount above.")
+    elif keep_distillation:
+        result.notes.append("The DeiT distillation token is kept (use_distillation_token=True)"
+                            + ("; logits average the cls and distillation heads, as DeiT-with-teacher does at inference"
+                               " (use_distillation_head=True)." if with_teacher else "."))
+    if not exact and attention_type != "softmax":
+        result.notes.append(f"`{attention_type}` approximates the source's softmax attention: the weights carry over, "
+                            "the logits move by the amount above; fine-tune before use.")
+    if output_dir is not None:
+        write_folder(result, output_dir, source=source_name, base_model=hub_id, check_pixels=pixels, check_logits=logits,
+                     overwrite=overwrite)
+    return result
+
+
+def main(argv=None) -> ConversionResult:
+    parser = argparse.ArgumentParser(prog="python -m conversion.from_transformers_vit", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="A local folder or a Hub id of a ViT / DeiT image classifier.")
+    add_common_arguments(parser)
+    parser.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) to convert.")
+    parser.add_argument("--attention_type", default="softmax", choices=ATTENTION_TYPES)
+    parser.add_argument("--image_size", type=int, nargs="+", default=None,
+                        help="Target image size (one int or height width); position embeddings are resampled.")
+    parser.add_argument("--vix_option", action="append", default=[], metavar="KEY=VALUE",
+                        help="Extra VixConfig field for the target mixer, e.g. nystrom_num_landmarks=49 (JSON values).")
+    parser.add_argument("--drop_distillation_token", action="store_true",
+                        help="DeiT: drop the distillation token and head (a plain ViX); the logit change is reported.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed for new Performer features / Linformer projections.")
+    args = parser.parse_args(argv)
+    size = None if args.image_size is None else (args.image_size * 2)[:2]
+    return convert_transformers_vit(
+        args.model, args.output_dir, attention_type=args.attention_type, image_size=size,
+        vix_options=parse_options(args.vix_option), drop_distillation_token=args.drop_distillation_token,
+        revision=args.revision, images=args.images, seed=args.seed, atol=args.atol, overwrite=args.overwrite,
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

@@ -1,0 +1,136 @@
+"""transformers ViT / DeiT checkpoints (saved folders; the Hub-id path is the same from_pretrained call) -> ViX.
+
+softmax: exact logits. performer / nystrom / linformer: the weights carry over; the logit change against the
+softmax source on real images is measured and reported (printed here, written into the card).
+"""
+
+import pytest
+import torch
+from transformers import (
+    DeiTConfig,
+    DeiTForImageClassification,
+    DeiTForImageClassificationWithTeacher,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTModel,
+)
+
+from conversion.common import ConversionError
+from conversion.from_transformers_vit import convert_transformers_vit, main
+from test_conversion_common import _one_thread, assert_nothing_written, randomize, report  # noqa: F401
+
+
+ATOL = 1e-4
+TINY = dict(image_size=32, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=64, num_labels=10)
+PAPER = dict(image_size=32, patch_size=1, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+             intermediate_size=256, num_labels=10)
+MIXER_OPTIONS = {
+    "softmax": {},
+    "performer": {},
+    "nystrom": {"nystrom_num_landmarks": 16},  # 65 tokens: uneven segments
+    "linformer": {"linformer_k": 16},
+}
+
+
+@pytest.fixture(scope="module")
+def vit_folders(tmp_path_factory):
+    folders = {}
+    for size, sizes in (("tiny", TINY), ("paper", PAPER)):
+        model = randomize(ViTForImageClassification(ViTConfig(**sizes)), std=0.3)
+        folders[size] = tmp_path_factory.mktemp("vit") / size
+        model.save_pretrained(folders[size])
+    return folders
+
+
+@pytest.mark.parametrize("size", ["tiny", "paper"])
+@torch.no_grad()
+def test_softmax_logits_match_vit(size, vit_folders, cifar_images, tmp_path):
+    images = cifar_images[0][: 4 if size == "tiny" else 2]
+    result = convert_transformers_vit(str(vit_folders[size]), tmp_path / "vix", images=images)
+    parity = report(result, f"transformers ViT {size} -> softmax")
+    assert parity["expected_exact"] and parity["max_abs_logit_diff"] <= ATOL and parity["reference_logit_scale"] > 0.5
+    source = ViTForImageClassification.from_pretrained(vit_folders[size]).eval()
+    pixels = result.processor(images, return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(result.model(pixels).logits, source(pixels).logits, atol=ATOL, rtol=0)
+    assert (result.config.qkv_bias, result.config.layer_norm_eps) == (True, 1e-12)
+    assert (tmp_path / "vix" / "preprocessor_config.json").exists()
+
+
+@pytest.mark.parametrize("attention_type", ["performer", "nystrom", "linformer"])
+@torch.no_grad()
+def test_linear_attention_starts_from_the_vit_weights(attention_type, vit_folders, cifar_images, tmp_path):
+    result = convert_transformers_vit(str(vit_folders["tiny"]), tmp_path / "vix", attention_type=attention_type,
+                                      vix_options=MIXER_OPTIONS[attention_type], images=cifar_images[0][:8])
+    parity = report(result, f"transformers ViT tiny -> {attention_type}")
+    assert not parity["expected_exact"] and torch.isfinite(torch.tensor(parity["max_abs_logit_diff"]))
+    source = ViTForImageClassification.from_pretrained(vit_folders["tiny"])
+    mixer, attention = result.model.vix.layers[1].attention, source.vit.layers[1].attention
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        assert torch.equal(getattr(mixer, name).weight, getattr(attention, name).weight)
+    assert torch.equal(result.model.classifier.weight, source.classifier.weight)
+    card = (tmp_path / "vix" / "README.md").read_text()
+    assert attention_type in card and f"{parity['max_abs_logit_diff']:.2e}" in card
+
+
+@torch.no_grad()
+def test_position_embeddings_resampled_to_another_resolution(vit_folders, cifar_images):
+    """48x48: the same logits as transformers' ViT with interpolate_pos_encoding=True."""
+    result = convert_transformers_vit(str(vit_folders["tiny"]), image_size=48, images=cifar_images[0][:4])
+    parity = report(result, "transformers ViT tiny 32 -> 48")
+    assert result.config.image_size == [48, 48] and result.config.num_tokens == 145
+    assert parity["max_abs_logit_diff"] <= ATOL
+
+
+@pytest.mark.parametrize("model_class", [DeiTForImageClassification, DeiTForImageClassificationWithTeacher])
+def test_deit_can_drop_the_distillation_token_and_reports_the_change(model_class, tmp_path, cifar_images):
+    folder = tmp_path / "deit"
+    randomize(model_class(DeiTConfig(**TINY))).save_pretrained(folder)
+    result = convert_transformers_vit(str(folder), tmp_path / "out", drop_distillation_token=True,
+                                      images=cifar_images[0][:4])
+    parity = report(result, f"{model_class.__name__} (distillation token dropped)")
+    assert not parity["expected_exact"]
+    source = model_class.from_pretrained(folder)
+    head = source.cls_classifier if model_class is DeiTForImageClassificationWithTeacher else source.classifier
+    assert torch.equal(result.model.classifier.weight, head.weight)  # the cls head; the distillation head is dropped
+
+
+@pytest.mark.parametrize("model_class", [DeiTForImageClassification, DeiTForImageClassificationWithTeacher])
+def test_deit_logits_match_exactly(model_class, tmp_path, cifar_images):
+    """The distillation token is kept (and the teacher's second head averaged in): exact DeiT logits."""
+    randomize(model_class(DeiTConfig(**TINY))).save_pretrained(tmp_path / "deit")
+    result = convert_transformers_vit(str(tmp_path / "deit"), tmp_path / "out", images=cifar_images[0][:4])
+    assert result.parity[0]["expected_exact"] and result.parity[0]["max_abs_logit_diff"] <= ATOL
+    assert result.config.use_distillation_token
+    assert result.config.use_distillation_head == (model_class is DeiTForImageClassificationWithTeacher)
+
+
+def test_cli(vit_folders, tmp_path, cifar_images, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0 and "--attention_type" in capsys.readouterr().out
+    cifar_images[0][0].save(tmp_path / "image.png")
+    result = main(["--model", str(vit_folders["tiny"]), "--attention_type", "nystrom", "--vix_option",
+                   "nystrom_num_landmarks=16", "--output_dir", str(tmp_path / "out"), "--images", str(tmp_path)])
+    assert result.config.nystrom_num_landmarks == 16 and (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_errors_write_nothing(vit_folders, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(ConversionError, match="no queries, keys or values"):
+        convert_transformers_vit(str(vit_folders["tiny"]), out, attention_type="fnet")
+    with pytest.raises(ConversionError, match="cannot be set"):
+        convert_transformers_vit(str(vit_folders["tiny"]), out, vix_options={"hidden_size": 64})
+    with pytest.raises(ConversionError, match="Invalid ViX options"):
+        convert_transformers_vit(str(vit_folders["tiny"]), out, attention_type="nystrom",
+                                 vix_options={"nystrom_residual_conv_kernel": 4})
+    ViTModel(ViTConfig(**TINY)).save_pretrained(tmp_path / "backbone")  # no classifier
+    with pytest.raises(ConversionError, match="does not load strictly"):
+        convert_transformers_vit(str(tmp_path / "backbone"), out)
+    from modeling_vix import VixConfig, VixForImageClassification
+
+    VixForImageClassification(VixConfig(image_size=32, patch_size=4, hidden_size=32, num_hidden_layers=1,
+                                        num_attention_heads=4, intermediate_size=64)).save_pretrained(tmp_path / "vix")
+    with pytest.raises(ConversionError, match="Unsupported source architecture"):
+        convert_transformers_vit(str(tmp_path / "vix"), out)
+    assert_nothing_written(out)
