@@ -1,0 +1,278 @@
+"""The training job (training/): main job end to end, resume, recipes, data detection and bad data, augmentation,
+the results script. Tiny data and models: a few seconds each."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from training import augment
+from training.data import DataArguments, UnreadableImageError, detect_columns, load_splits
+from training.train import main, parse_args, recipe_dict, write_recipe
+
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "training" / "recipes").rglob("*.yaml"))
+TINY = ["--hidden_size", "16", "--num_hidden_layers", "1", "--num_attention_heads", "2", "--intermediate_size", "32",
+        "--conv_stem_channels", "4", "8", "--nystrom_residual_conv_kernel", "3", "--image_size", "16",
+        "--disable_tqdm", "true", "--logging_steps", "1"]
+
+
+def test_main_job_on_digits_end_to_end_beats_chance(tmp_path, capsys):
+    """The README's main command, shrunk: a tiny hybrid ViN on real digits, selected on validation, tested once."""
+    out = tmp_path / "run"
+    metrics = main(["--output_dir", str(out), "--hidden_size", "32", "--num_hidden_layers", "2", "--image_size", "16",
+                    "--conv_stem_channels", "8", "16", "--num_train_epochs", "4", "--learning_rate", "4e-3",
+                    "--per_device_train_batch_size", "32", "--disable_tqdm", "true"])
+    final = out / "final"
+    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "modeling_vix.py",
+                 "configuration_vix.py", "metrics.json", "recipe.yaml", "README.md"):
+        assert (final / name).exists(), name
+    config = json.loads((final / "config.json").read_text())
+    assert "AutoModelForImageClassification" in config["auto_map"]
+    saved = json.loads((final / "metrics.json").read_text())
+    assert saved["split_sizes"] == {"train": 1293, "validation": 144, "test": 360}
+    assert saved["test_accuracy"] == metrics["test_accuracy"] > 0.5  # chance is 0.1
+    assert saved["test_top5_accuracy"] >= saved["test_accuracy"]
+    assert saved["best_validation_accuracy"] is not None and saved["num_parameters"] > 0
+
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(final / "README.md")
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "image-classification"
+    assert {"vix", "attention-nystrom", "embedding-conv", "position-rope_2d"} <= set(card.data.tags)
+    assert card.data.eval_results[0].metric_value == pytest.approx(saved["test_accuracy"])
+    assert f"{100 * saved['test_accuracy']:.2f}%" in card.text
+    printed = capsys.readouterr().out
+    assert str(final.resolve()) in printed and "README.md" in printed
+
+    from transformers import pipeline
+
+    classify = pipeline("image-classification", model=str(final))
+    assert classify(Image.new("L", (8, 8)))[0]["label"] in [str(d) for d in range(10)]
+
+
+class Interrupt(TrainerCallback):
+    """Kills the run (an exception) after step `at`, like a job killed mid-epoch."""
+
+    def __init__(self, at):
+        self.at = at
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.at:
+            raise KeyboardInterrupt("simulated kill")
+
+
+def test_resume_after_interrupted_run_matches_uninterrupted(tmp_path):
+    # 96 training rows, batch 16: 6 steps per epoch; 10 steps cross an epoch boundary with augmentation on.
+    common = ["--max_train_samples", "96", "--max_eval_samples", "32", "--per_device_train_batch_size", "16",
+              "--max_steps", "10", "--save_strategy", "steps", "--save_steps", "4", "--eval_strategy", "steps",
+              "--eval_steps", "4", "--augmentation", "randaugment", "--load_best_model_at_end", "false", *TINY]
+    full = main(["--output_dir", str(tmp_path / "full"), *common])
+    with pytest.raises(KeyboardInterrupt):
+        main(["--output_dir", str(tmp_path / "killed"), *common], callbacks=[Interrupt(at=7)])
+    assert (tmp_path / "killed" / "checkpoint-4").exists() and not (tmp_path / "killed" / "final").exists()
+    resumed = main(["--output_dir", str(tmp_path / "killed"), *common, "--resume_from_checkpoint", "last"])
+    assert resumed["global_steps"] == full["global_steps"] == 10
+    assert resumed["test_accuracy"] == pytest.approx(full["test_accuracy"], abs=1e-6)
+    assert resumed["test_loss"] == pytest.approx(full["test_loss"], rel=1e-4)
+    a = load_file(tmp_path / "full" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "killed" / "final" / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_recipe_file_round_trip_and_flags_override_it(tmp_path, suffix):
+    recipe = {"attention_type": "performer", "position_embedding_type": "rope_1d", "hidden_size": 48,
+              "conv_stem_channels": [8, 16], "augmentation": "crop_flip", "learning_rate": "1.0e-3",
+              "num_train_epochs": 3, "bf16": True, "use_cpu": True, "output_dir": str(tmp_path / "out")}
+    path = tmp_path / f"recipe{suffix}"
+    if suffix == ".json":
+        path.write_text(json.dumps(recipe))
+    else:
+        write_recipe(path, recipe)
+    model_args, data_args, training_args = parse_args([str(path), "--num_train_epochs", "5"])
+    assert (model_args.attention_type, model_args.position_embedding_type) == ("performer", "rope_1d")
+    assert model_args.hidden_size == 48 and model_args.conv_stem_channels == [8, 16]
+    assert model_args.embedding_type == "conv"  # the job's default where the recipe says nothing
+    assert data_args.augmentation == "crop_flip"
+    assert training_args.learning_rate == 1e-3 and training_args.bf16 is True
+    assert training_args.num_train_epochs == 5  # the flag wins over the recipe
+    assert training_args.load_best_model_at_end is True  # the job's own default
+
+    resolved = recipe_dict(model_args, data_args, training_args)
+    write_recipe(tmp_path / "resolved.yaml", resolved)
+    again = parse_args([str(tmp_path / "resolved.yaml")])
+    from dataclasses import asdict
+
+    assert asdict(again[0]) == asdict(model_args) and asdict(again[1]) == asdict(data_args)
+    assert again[2].to_dict() == training_args.to_dict()
+
+
+def test_recipe_unknown_key_is_an_error(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("attention_typo: nystrom\n")
+    with pytest.raises(ValueError, match="attention_typo"):
+        parse_args([str(path)])
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[str(p.relative_to(ROOT / "training" / "recipes")) for p in RECIPES])
+def test_shipped_recipes_parse_and_build_a_valid_config(recipe):
+    from modeling_vix import VixConfig
+
+    cpu = [] if torch.cuda.is_available() else ["--use_cpu", "true"]  # bf16 recipes need it without a GPU
+    model_args, data_args, training_args = parse_args([str(recipe), *cpu])
+    VixConfig(**model_args.config_kwargs(), num_labels=10)
+    assert training_args.metric_for_best_model == "accuracy" and training_args.load_best_model_at_end
+
+
+def test_recipe_sets_cover_the_paper_variants():
+    paper = {p.stem for p in (ROOT / "training" / "recipes" / "paper").glob("*.yaml")}
+    for mixer in ("vit", "vip", "vil", "vin", "fnet", "mixer"):
+        assert {f"cifar10_{mixer}", f"cifar10_hybrid_{mixer}"} <= paper
+    for mixer in ("vit", "vip", "vil", "vin"):
+        assert {f"cifar10_{mixer}_rope", f"cifar10_hybrid_{mixer}_rope"} <= paper
+    assert (ROOT / "training" / "recipes" / "modern_cifar10.yaml").exists()
+    assert len(list((ROOT / "training" / "recipes" / "cpu").glob("*.yaml"))) >= 6
+
+
+# --- data ---------------------------------------------------------------------------------------------
+
+def write_image_folder(root: Path, corrupt: bool, modes=("RGB", "L", "RGBA")):
+    rng = np.random.default_rng(0)
+    for label in ("cat", "dog"):
+        (root / label).mkdir(parents=True)
+        for i in range(6):
+            array = rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)
+            Image.fromarray(array).convert(modes[i % len(modes)]).save(root / label / f"{i}.png")
+    if corrupt:
+        (root / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+
+
+def test_image_folder_with_a_corrupt_file_is_a_clear_error_or_a_counted_skip(tmp_path):
+    write_image_folder(tmp_path / "images", corrupt=True)
+    args = DataArguments(dataset_name=str(tmp_path / "images"))
+    with pytest.raises(UnreadableImageError, match=r"broken\.png.*--skip_unreadable_images"):
+        load_splits(args, seed=0)
+    args.skip_unreadable_images = True
+    splits, info = load_splits(args, seed=0)
+    assert info["skipped_images"] == {"train": 1}
+    assert info["labels"] == ["cat", "dog"] and sum(len(s) for s in splits.values()) == 12
+
+
+def test_fine_tune_from_checkpoint_on_image_folder_with_new_labels(tmp_path):
+    """Grayscale/RGBA files are converted; a 10-class digits checkpoint fine-tunes on a 2-class folder."""
+    write_image_folder(tmp_path / "images", corrupt=False)
+    base = tmp_path / "base"
+    main(["--output_dir", str(base), "--max_train_samples", "32", "--max_eval_samples", "16", "--max_steps", "2",
+          *TINY])
+    metrics = main(["--output_dir", str(tmp_path / "ft"), "--model_name_or_path", str(base / "final"),
+                    "--ignore_mismatched_sizes", "true", "--dataset_name", str(tmp_path / "images"),
+                    "--validation_split_size", "0.25", "--test_split_size", "0.25", "--max_steps", "2",
+                    "--per_device_train_batch_size", "4", "--disable_tqdm", "true"])
+    config = json.loads((tmp_path / "ft" / "final" / "config.json").read_text())
+    assert config["id2label"] == {"0": "cat", "1": "dog"} and config["hidden_size"] == 16
+    assert metrics["split_sizes"] == {"train": 6, "validation": 3, "test": 3}
+
+
+def test_column_detection_and_explicit_columns():
+    from datasets import ClassLabel, Dataset, Features, Image as ImageFeature, Value
+
+    images = [Image.new("RGB", (4, 4))] * 4
+    cifar100_like = Dataset.from_dict({"img": images, "fine_label": [0, 1, 2, 3], "coarse_label": [0, 0, 1, 1]})
+    assert detect_columns(cifar100_like) == ("img", "fine_label")
+    assert detect_columns(cifar100_like, label_column="coarse_label") == ("img", "coarse_label")
+    odd = Dataset.from_dict(
+        {"photo": images, "kind": [0, 1, 0, 1], "note": ["a"] * 4},
+        features=Features({"photo": ImageFeature(), "kind": ClassLabel(names=["x", "y"]), "note": Value("string")}),
+    )
+    assert detect_columns(odd) == ("photo", "kind")  # by feature type
+    with pytest.raises(ValueError, match="--image_column 'picture' is not a column"):
+        detect_columns(odd, image_column="picture")
+    no_labels = Dataset.from_dict({"image": images, "note": ["a"] * 4})
+    with pytest.raises(ValueError, match="pass --label_column"):
+        detect_columns(no_labels)
+
+
+def test_local_hub_layout_dataset_with_string_labels(tmp_path):
+    """A local folder in Hub layout (parquet train/test, `img` + string labels); validation carved from train."""
+    from datasets import Dataset
+
+    rng = np.random.default_rng(0)
+    make = lambda n: Dataset.from_dict({  # noqa: E731
+        "img": [Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)) for _ in range(n)],
+        "labels": ["b", "a"] * (n // 2),
+    })
+    data_dir = tmp_path / "hub_layout" / "data"
+    data_dir.mkdir(parents=True)
+    make(20).to_parquet(data_dir / "train-00000-of-00001.parquet")
+    make(6).to_parquet(data_dir / "test-00000-of-00001.parquet")
+    splits, info = load_splits(DataArguments(dataset_name=str(tmp_path / "hub_layout")), seed=0)
+    assert (info["image_column"], info["label_column"], info["labels"]) == ("img", "labels", ["a", "b"])
+    assert info["carved_splits"] == ["validation"]
+    assert {k: len(v) for k, v in splits.items()} == {"train": 18, "validation": 2, "test": 6}
+    # seeded: the same carve twice
+    again, _ = load_splits(DataArguments(dataset_name=str(tmp_path / "hub_layout")), seed=0)
+    assert again["validation"]["__vix_row__"] == splits["validation"]["__vix_row__"]
+
+
+def test_offline_cifar10_copy_loads_in_hub_layout():
+    cifar = ROOT.parent / "shared" / "data" / "cifar10"
+    if not cifar.exists():
+        pytest.skip("no offline CIFAR-10 copy")
+    splits, info = load_splits(
+        DataArguments(dataset_name=str(cifar), max_train_samples=20, max_eval_samples=10, check_images=False), seed=0
+    )
+    assert (info["image_column"], info["label_column"]) == ("img", "label") and len(info["labels"]) == 10
+    assert {k: len(v) for k, v in splits.items()} == {"train": 20, "validation": 10, "test": 10}
+
+
+# --- augmentation --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("policy", augment.POLICIES)
+def test_augmentation_is_seeded_per_sample_and_keeps_shape(policy):
+    images = torch.rand(4, 3, 16, 16)
+    augmenter = augment.Augmenter(policy, seed=1)
+    a, b = augmenter(images, [0, 1, 2, 3]), augmenter(images, [0, 1, 2, 3])
+    assert a.shape == images.shape and torch.equal(a, b)
+    assert a.min() >= 0 and a.max() <= 1
+    # a sample's augmentation does not depend on its batch
+    torch.testing.assert_close(augmenter(images[2:3], [2])[0], a[2])
+    if policy != "none":
+        augmenter.epoch = 1
+        assert not torch.equal(augmenter(images, [0, 1, 2, 3]), a)
+
+
+def test_randaugment_ops_are_valid_images():
+    image = torch.rand(3, 16, 16)
+    for name, op in augment.RANDAUGMENT_OPS.items():
+        out = op(image, 0.9, torch.Generator().manual_seed(0))
+        assert out.shape == image.shape and torch.isfinite(out).all(), name
+        assert out.min() >= -1e-6 and out.max() <= 1 + 1e-6, name
+
+
+# --- results script ------------------------------------------------------------------------------------
+
+def test_results_script_on_a_tiny_recipe(tmp_path):
+    from training import results
+
+    recipe = tmp_path / "tiny_digits.yaml"
+    write_recipe(recipe, {"attention_type": "fnet", "position_embedding_type": "learned", "hidden_size": 16,
+                          "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32,
+                          "image_size": 16, "conv_stem_channels": [4, 8], "max_train_samples": 32,
+                          "max_eval_samples": 16, "max_steps": 2, "disable_tqdm": True})
+    rows = results.main([str(recipe), "--output_dir", str(tmp_path / "results"), "--", "--logging_steps", "1"])
+    assert len(rows) == 1 and rows[0]["variant"] == "Hybrid FNet"
+    table = (tmp_path / "results" / "results.md").read_text()
+    assert "| tiny_digits | Hybrid FNet |" in table and "MiB" in table
+    assert json.loads((tmp_path / "results" / "results.json").read_text())[0]["test_accuracy"] == rows[0]["test_accuracy"]
+    assert (tmp_path / "results" / "results.png").read_bytes()[:4] == b"\x89PNG"
+    # --skip_existing reuses the run
+    again = results.main([str(recipe), "--output_dir", str(tmp_path / "results"), "--skip_existing"])
+    assert again[0]["test_accuracy"] == rows[0]["test_accuracy"]

@@ -1,0 +1,105 @@
+"""Run a list of recipes and tabulate what they measured: JSON, a markdown table and a PNG plot.
+
+    python -m training.results training/recipes/cpu/*.yaml --output_dir outputs/results
+    python -m training.results training/recipes/cpu/cifar10_vit.yaml --skip_existing -- --num_train_epochs 1
+
+Each recipe runs as its own `python -m training.train <recipe> --output_dir <output_dir>/runs/<name>` process
+(arguments after `--` are appended to every run), so peak memory is measured per run. The numbers come only
+from each run's `final/metrics.json`: accuracy, parameters, training time, peak memory, hardware.
+Writes <output_dir>/results.json, results.md and results.png (accuracy against parameters and against memory).
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+COLUMNS = (
+    ("recipe", "recipe", str),
+    ("model", "variant", str),
+    ("test top-1", "test_accuracy", lambda v: f"{100 * v:.2f}%"),
+    ("test top-5", "test_top5_accuracy", lambda v: f"{100 * v:.2f}%"),
+    ("params", "num_parameters", lambda v: f"{v / 1e6:.2f}M"),
+    ("epochs", "epochs", lambda v: f"{v:g}"),
+    ("train time", "train_runtime", lambda v: f"{v / 60:.1f} min"),
+    ("peak memory", "peak_memory_mb", lambda v: f"{v:,.0f} MiB"),
+    ("precision", "precision", str),
+    ("hardware", "hardware", str),
+)
+
+
+def run_recipe(recipe: Path, run_dir: Path, extra_args, skip_existing: bool) -> dict:
+    metrics_path = run_dir / "final" / "metrics.json"
+    if not (skip_existing and metrics_path.exists()):
+        command = [sys.executable, "-m", "training.train", str(recipe), "--output_dir", str(run_dir), *extra_args]
+        print("running:", " ".join(command), flush=True)
+        start = time.time()
+        subprocess.run(command, check=True, cwd=Path(__file__).resolve().parents[1])
+        print(f"finished {recipe.name} in {time.time() - start:.0f} s", flush=True)
+    metrics = json.loads(metrics_path.read_text())
+    config = json.loads((run_dir / "final" / "config.json").read_text())
+    from model_cards.card import variant_name
+
+    return {"recipe": recipe.stem, "recipe_path": str(recipe), "variant": variant_name(config), "run_dir": str(run_dir),
+            **metrics}
+
+
+def markdown_table(rows) -> str:
+    lines = ["| " + " | ".join(name for name, _, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for row in rows:
+        cells = [fmt(row[key]) if row.get(key) is not None else "–" for _, key, fmt in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for axis, key, label in ((axes[0], "num_parameters", "parameters (millions)"),
+                             (axes[1], "peak_memory_mb", "peak memory (MiB)")):
+        for row in rows:
+            x = row[key] / 1e6 if key == "num_parameters" else row[key]
+            y = 100 * row["test_accuracy"]
+            axis.scatter(x, y)
+            axis.annotate(row["variant"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        axis.set_xlabel(label)
+        axis.set_ylabel("test top-1 accuracy (%)")
+        axis.grid(alpha=0.3)
+    hardware = sorted({row.get("hardware", "?") for row in rows})
+    figure.suptitle(f"ViX: accuracy against size and memory ({'; '.join(hardware)})", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = []
+    if "--" in argv:
+        argv, extra = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("recipes", nargs="+", type=Path, help="recipe files (YAML or JSON)")
+    parser.add_argument("--output_dir", type=Path, default=Path("outputs/results"))
+    parser.add_argument("--skip_existing", action="store_true", help="reuse runs that already wrote metrics.json")
+    args = parser.parse_args(argv)
+
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    rows = [run_recipe(recipe.resolve(), (args.output_dir / "runs" / recipe.stem).resolve(), extra, args.skip_existing)
+            for recipe in args.recipes]
+    (args.output_dir / "results.json").write_text(json.dumps(rows, indent=2, default=str))
+    (args.output_dir / "results.md").write_text(markdown_table(rows))
+    plot(rows, args.output_dir / "results.png")
+    print(markdown_table(rows))
+    print(f"wrote {args.output_dir / 'results.json'}, results.md and results.png")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
