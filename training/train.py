@@ -238,18 +238,21 @@ def build_model(model_args: ModelArguments, labels):
     return VixForImageClassification(config), VixImageProcessor(size={"height": height, "width": width})
 
 
-def hardware_description(device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (1 GPU)"
-    cpu = platform.processor() or platform.machine()
+def cpu_model_name() -> str:
+    """The CPU's marketing name from /proc/cpuinfo (Linux), else what `platform` knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.get_num_threads()} threads"
+    return platform.processor() or platform.machine()
+
+
+def hardware_description(device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (1 GPU)"
+    return f"{cpu_model_name()}, {os.cpu_count()} cores, torch {torch.get_num_threads()} threads"
 
 
 def peak_memory_mb(device) -> float:
