@@ -183,12 +183,16 @@ class PerformerAttention(VixQKVMixer):
                 self.calls_since_redraw = 0
 
     def feature_map(self, x: torch.Tensor, is_query: bool) -> torch.Tensor:
-        """phi(x) for x (B, H, N, D) in fp32 -> (B, H, N, M)."""
-        x = x * self.head_dim**-0.25  # scale q and k both, so that phi(q).phi(k) ~ exp(q.k / sqrt(D))
+        """phi(x) for x (B, H, N, D) in fp32 -> (B, H, N, M), up to a constant factor.
+
+        FAVOR+ is phi(x) = M^-1/2 (exp(w.x - |x|^2 / 2) + eps) with x scaled by D^-1/4 (so that
+        phi(q).phi(k) ~ exp(q.k / sqrt(D))). Constant factors cancel between the output and its normaliser,
+        so M^-1/2 is left out, and D^-1/4 is applied to the small (B, H, N, D) input, not to the maps.
+        """
+        x = x * self.head_dim**-0.25
         projected = x @ self.projection_matrix.float().T  # (B, H, N, M)
         if self.kernel == "relu":
             return F.relu(projected) + 1e-3
-        half_norm = 0.5 * x.square().sum(-1, keepdim=True)
         # Stabilise exp: any per-query constant cancels in the row normalisation; for keys only one
         # constant per head (not per key) keeps the ratios between keys intact.
         if is_query:
@@ -197,15 +201,21 @@ class PerformerAttention(VixQKVMixer):
             shift = projected.amax()
         else:
             shift = projected.amax(dim=(-2, -1), keepdim=True)
-        return self.num_features**-0.5 * (torch.exp(projected - half_norm - shift.detach()) + 1e-4)
+        offset = 0.5 * x.square().sum(-1, keepdim=True) + shift.detach()  # (B, H, N, 1): one pass over the maps
+        return torch.exp(projected - offset) + 1e-4
 
     def favor_attention(self, query, key, value, return_weights=False):
-        """D^-1 phi(Q) (phi(K)^T V) for fp32 (B, H, N, D) inputs, with D = diag(phi(Q) phi(K)^T 1)."""
+        """D^-1 phi(Q) (phi(K)^T V) for fp32 (B, H, N, D) inputs, with D = diag(phi(Q) phi(K)^T 1).
+
+        A column of ones appended to V makes the normaliser the last column of the same two GEMMs.
+        """
         query_features = self.feature_map(query, is_query=True)  # (B, H, N, M)
         key_features = self.feature_map(key, is_query=False)  # (B, H, N, M)
-        key_value = key_features.transpose(-1, -2) @ value  # (B, H, M, D)
-        normaliser = query_features @ key_features.sum(dim=-2).unsqueeze(-1)  # (B, H, N, 1)
-        context = (query_features @ key_value) / normaliser  # (B, H, N, D)
+        value_and_ones = F.pad(value, (0, 1), value=1.0)  # (B, H, N, D + 1)
+        key_value = key_features.transpose(-1, -2) @ value_and_ones  # (B, H, M, D + 1)
+        context_and_normaliser = query_features @ key_value  # (B, H, N, D + 1)
+        normaliser = context_and_normaliser[..., -1:]
+        context = context_and_normaliser[..., :-1] / normaliser  # (B, H, N, D)
         if not return_weights:
             return context
         return context, (query_features @ key_features.transpose(-1, -2)) / normaliser  # (B, H, N, N)
