@@ -92,6 +92,10 @@ VIX_MIXERS = ("softmax", "performer", "linformer", "nystrom", "fnet", "mixer")
 
 BUILDERS = {
     **{f"vix-{mixer}": (lambda size, mixer=mixer: build_vix(size, mixer)) for mixer in VIX_MIXERS},
+    # ViX's Linformer with the authors' ViL settings (one key/value head, V = K): the like-for-like peer.
+    "vix-linformer-paper": lambda size: build_vix(
+        size, "linformer", linformer_one_kv_head=True, linformer_values_from_keys=True
+    ),
     "hf-vit-sdpa": lambda size: build_hf_vit(size, "sdpa"),
     "hf-vit-eager": lambda size: build_hf_vit(size, "eager"),
     **{f"authors-{name}": (lambda size, name=name: build_authors(size, name)) for name in ("ViN", "ViL", "ViP", "FNet")},
@@ -102,6 +106,7 @@ PEERS = {
     "vix-softmax": ["hf-vit-sdpa", "hf-vit-eager"],
     "vix-nystrom": ["authors-ViN", "hf-vit-sdpa", "hf-vit-eager"],
     "vix-linformer": ["authors-ViL", "hf-vit-sdpa"],
+    "vix-linformer-paper": ["authors-ViL"],
     "vix-performer": ["authors-ViP", "hf-vit-sdpa"],
     "vix-fnet": ["authors-FNet", "hf-vit-sdpa"],
     "vix-mixer": ["hf-vit-sdpa"],

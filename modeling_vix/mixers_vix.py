@@ -426,6 +426,22 @@ class NystromAttention(VixQKVMixer):
         return output, weights
 
 
+class RealFourierTransform2d(torch.autograd.Function):
+    """y = Re(DFT_tokens(DFT_hidden(x))) for real x, with the backward pass written out.
+
+    The DFT matrix W is symmetric, so for y = Re(W_N x W_C) the gradient is Re(W_N g W_C): the same transform
+    of the incoming gradient. Autograd would instead differentiate through complex tensors and their copies.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden_states):
+        return torch.fft.fft2(hidden_states, dim=(-2, -1)).real
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return torch.fft.fft2(grad_output, dim=(-2, -1)).real
+
+
 class FNetMixer(VixTokenMixer):
     """FNet: the real part of the 2D discrete Fourier transform over (tokens, hidden). No parameters."""
 
@@ -435,7 +451,7 @@ class FNetMixer(VixTokenMixer):
     def forward(self, hidden_states, rope=None, grid=None, output_attentions=False, **kwargs):
         # torch has no half-precision FFT on CPU (and only power-of-two sizes on GPU): compute in fp32.
         with torch.autocast(device_type=hidden_states.device.type, enabled=False):
-            mixed = torch.fft.fft2(hidden_states.float(), dim=(-2, -1)).real
+            mixed = RealFourierTransform2d.apply(hidden_states.float())
         return mixed.to(hidden_states.dtype), None
 
 

@@ -61,3 +61,14 @@ def test_recomputed_favor_features_give_the_same_gradients():
     torch.testing.assert_close(recomputed_output, stored_output)
     for got, want in zip(recomputed, stored):
         torch.testing.assert_close(got, want)
+
+
+def test_fourier_mixing_gradient_equals_autograd_through_complex_fft():
+    from modeling_vix.mixers_vix import RealFourierTransform2d
+
+    hidden = torch.randn(2, 65, 32, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(RealFourierTransform2d.apply, (hidden,))
+    upstream = torch.randn(2, 65, 32, dtype=torch.float64)
+    (expected,) = torch.autograd.grad(torch.fft.fft2(hidden, dim=(-2, -1)).real, hidden, upstream)
+    (actual,) = torch.autograd.grad(RealFourierTransform2d.apply(hidden), hidden, upstream)
+    torch.testing.assert_close(actual, expected)
