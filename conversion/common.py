@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from modeling_vix import VixConfig, VixForImageClassification, VixImageProcessor
+from modeling_vix.configuration_vix import COMPATIBILITY_DEFAULTS
+from modeling_vix.embeddings_vix import resample_position_grid
 
 
 class ConversionError(ValueError):
@@ -209,15 +210,11 @@ def patch_vector_to_unfold_order(vector: torch.Tensor, channels: int, patch: int
 
 def resample_position_embeddings(positions: torch.Tensor, num_prefix_tokens: int, old_grid: tuple[int, int],
                                  new_grid: tuple[int, int]) -> torch.Tensor:
-    """(1, prefix + h*w, C) -> (1, prefix + H*W, C): the patch grid resampled bicubically (align_corners=False),
-    exactly as transformers' ViT and ViX do with `interpolate_pos_encoding=True`; prefix tokens kept."""
+    """Learned positions for another patch grid, resampled exactly as ViX (and transformers' ViT) do with
+    `interpolate_pos_encoding=True`: the model's own function, so a converted folder agrees with it."""
     if tuple(old_grid) == tuple(new_grid):
         return positions
-    prefix, grid = positions[:, :num_prefix_tokens], positions[:, num_prefix_tokens:]
-    channels = grid.shape[-1]
-    grid = grid.reshape(1, *old_grid, channels).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid, size=tuple(new_grid), mode="bicubic", align_corners=False)
-    return torch.cat((prefix, grid.permute(0, 2, 3, 1).reshape(1, -1, channels)), dim=1)
+    return resample_position_grid(positions, num_prefix_tokens, tuple(old_grid), tuple(new_grid))
 
 
 def square_side(count: int, what: str) -> int:
@@ -309,6 +306,19 @@ def logit_parity(reference: torch.Tensor, logits: torch.Tensor, reference_name: 
     }
 
 
+@torch.no_grad()
+def check_against_source(result, reference: nn.Module, pixels: torch.Tensor, logits: torch.Tensor,
+                         reference_name: str, inputs: str, atol: float | None, source_name: str) -> None:
+    """An exact conversion: run the source model in eval mode (its own mode restored after), compare its logits
+    with the converted model's, refuse beyond `atol`, and record the parity in `result`."""
+    was_training = reference.training
+    expected = reference.eval()(pixels)
+    reference.train(was_training)
+    parity = logit_parity(expected, logits, reference_name, result.config.attention_type, inputs, expected_exact=True)
+    check_tolerance(parity, atol, source_name)
+    result.parity.append(parity)
+
+
 def check_tolerance(parity: dict, atol: float | None, source_name: str) -> None:
     if atol is not None and parity["expected_exact"] and not parity["max_abs_logit_diff"] <= atol:
         raise ConversionError(
@@ -375,12 +385,7 @@ def build_card(result: ConversionResult, *, source: str, base_model: str | None 
         )
     if not result.parity:
         rows = ["Parity was not measured (the source model could not be built here)."]
-    compatibility = [
-        name for name, default in (
-            ("patch_embedding_norm", False), ("nystrom_padding", "none"), ("nystrom_pinv_scale", "per_head"),
-            ("linformer_one_kv_head", False), ("linformer_values_from_keys", False),
-        ) if getattr(config, name) != default
-    ]
+    compatibility = [name for name, default in COMPATIBILITY_DEFAULTS.items() if getattr(config, name) != default]
     settings = {key: getattr(config, key) for key in (
         "attention_type", "embedding_type", "position_embedding_type", "pooling", "image_size", "patch_size",
         "hidden_size", "num_hidden_layers", "num_attention_heads", "head_dim", "intermediate_size")}
@@ -500,7 +505,7 @@ def run_cli(main: Callable[[], ConversionResult]) -> int:
 __all__ = [
     "ConversionError", "ConversionResult", "Rule", "rename", "split", "drop", "apply_rules", "load_strict",
     "load_state_dict_file", "clean_state_dict", "patch_linear_to_conv", "patch_vector_to_unfold_order",
-    "resample_position_embeddings", "load_images", "parity_pixels", "logit_parity", "check_tolerance",
+    "resample_position_embeddings", "load_images", "parity_pixels", "logit_parity", "check_against_source", "check_tolerance",
     "check_output_dir", "make_processor", "build_card", "write_folder", "add_common_arguments", "parse_options",
     "run_cli",
 ]

@@ -45,12 +45,11 @@ from .common import (
     Rule,
     add_common_arguments,
     apply_rules,
+    check_against_source,
     check_output_dir,
-    check_tolerance,
     clean_state_dict,
     load_state_dict_file,
     load_strict,
-    logit_parity,
     make_processor,
     parity_pixels,
     patch_linear_to_conv,
@@ -388,14 +387,7 @@ def convert_vision_xformer(
     result = ConversionResult(model=model, processor=processor)
     result.notes.append(f"Compatibility settings reproduce the authors' {arch}; see the configuration above.")
     if reference is not None:
-        was_training = reference.training
-        reference.eval()
-        expected = reference(pixels)
-        reference.train(was_training)
-        parity = logit_parity(expected, logits, f"vision-xformer {arch}", config.attention_type,
-                              inputs, expected_exact=True)
-        check_tolerance(parity, atol, source_name)
-        result.parity.append(parity)
+        check_against_source(result, reference, pixels, logits, f"vision-xformer {arch}", inputs, atol, source_name)
     else:
         result.notes.append("vision-xformer is not installed here, so parity with the source was not measured.")
     if settings.get("emb_dropout"):

@@ -36,12 +36,11 @@ from .common import (
     Rule,
     add_common_arguments,
     apply_rules,
+    check_against_source,
     check_output_dir,
-    check_tolerance,
     clean_state_dict,
     load_state_dict_file,
     load_strict,
-    logit_parity,
     make_processor,
     parity_pixels,
     patch_linear_to_conv,
@@ -246,12 +245,7 @@ def convert_vit_pytorch(
     if reference is None:
         reference, note = build_source_model(settings, state)
     if reference is not None:
-        was_training = reference.training
-        expected = reference.eval()(pixels)
-        reference.train(was_training)
-        parity = logit_parity(expected, logits, "vit-pytorch ViT", "softmax", inputs, expected_exact=True)
-        check_tolerance(parity, atol, source_name)
-        result.parity.append(parity)
+        check_against_source(result, reference, pixels, logits, "vit-pytorch ViT", inputs, atol, source_name)
     else:
         result.notes.append(note)
     if output_dir is not None:

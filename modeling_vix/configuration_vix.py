@@ -24,6 +24,15 @@ PERFORMER_KERNELS = ("softmax", "relu")
 NYSTROM_PADDINGS = ("none", "zeros_front")
 NYSTROM_PINV_SCALES = ("per_head", "global")
 PERFORMER_KEY_STABILIZERS = ("per_head", "global")
+# Settings that exist only to reproduce the authors' code exactly, with their recommended defaults.
+COMPATIBILITY_DEFAULTS = {
+    "nystrom_padding": "none",
+    "nystrom_pinv_scale": "per_head",
+    "linformer_one_kv_head": False,
+    "linformer_values_from_keys": False,
+    "patch_embedding_norm": False,
+    "performer_key_stabilizer": "per_head",
+}
 
 
 def _check_choice(name: str, value, choices) -> None:

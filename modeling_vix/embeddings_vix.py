@@ -92,6 +92,17 @@ def rope_2d(height: int, width: int, head_dim: int, num_prefix: int, base: float
     return rope_tables(angles)
 
 
+def resample_position_grid(
+    positions: torch.Tensor, num_prefix_tokens: int, old_grid: tuple[int, int], new_grid: tuple[int, int]
+) -> torch.Tensor:
+    """(1, prefix + h*w, C) -> (1, prefix + H*W, C): the patch grid resampled bicubically (align_corners=False,
+    as HF ViT's `interpolate_pos_encoding`); prefix tokens (cls, distillation) keep their positions."""
+    prefix, grid = positions[:, :num_prefix_tokens], positions[:, num_prefix_tokens:]
+    grid = grid.reshape(1, *old_grid, -1).permute(0, 3, 1, 2)  # (1, C, h, w)
+    grid = nn.functional.interpolate(grid, size=tuple(new_grid), mode="bicubic", align_corners=False)
+    return torch.cat((prefix, grid.permute(0, 2, 3, 1).flatten(1, 2)), dim=1)
+
+
 class VixEmbeddings(nn.Module):
     """Pixels (B, C_in, H, W) -> tokens (B, N, C) with cls token and learned positions where configured,
     plus the RoPE tables (or None) and the patch grid (h, w)."""
@@ -147,11 +158,9 @@ class VixEmbeddings(nn.Module):
         trained_h, trained_w = (size // self.patch_size for size in self.image_size)
         if (height, width) == (trained_h, trained_w) and not torch.jit.is_tracing():
             return self.position_embeddings
-        prefix_positions = self.position_embeddings[:, : self.num_prefix_tokens]
-        grid = self.position_embeddings[:, self.num_prefix_tokens :].reshape(1, trained_h, trained_w, -1).permute(0, 3, 1, 2)
-        grid = nn.functional.interpolate(grid, size=(height, width), mode="bicubic", align_corners=False)
-        grid = grid.permute(0, 2, 3, 1).flatten(1, 2)  # (1, height * width, C)
-        return torch.cat((prefix_positions, grid), dim=1)
+        return resample_position_grid(
+            self.position_embeddings, self.num_prefix_tokens, (trained_h, trained_w), (height, width)
+        )
 
     def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False):
         self.check_pixel_values(pixel_values, interpolate_pos_encoding)
@@ -172,4 +181,4 @@ class VixEmbeddings(nn.Module):
         return self.dropout(embeddings), rope, grid
 
 
-__all__ = ["VixEmbeddings"]
+__all__ = ["VixEmbeddings", "resample_position_grid"]
