@@ -20,6 +20,8 @@ from .mixers_vix import MIXERS
 EMBEDDING_TYPES = ("linear", "conv")
 POSITION_EMBEDDING_TYPES = ("learned", "rope_1d", "rope_2d", "none")
 POOLING_TYPES = ("cls", "mean")
+CONV_STEM_ACTIVATIONS = ("none", "relu", "gelu")
+CONV_STEM_DOWNSAMPLINGS = ("last_conv", "max_pool")
 PERFORMER_KERNELS = ("softmax", "relu")
 NYSTROM_PADDINGS = ("none", "zeros_front")
 NYSTROM_PINV_SCALES = ("per_head", "global")
@@ -62,6 +64,13 @@ class VixConfig(PreTrainedConfig):
         Channels per attention head; defaults to `hidden_size // num_attention_heads`.
     conv_stem_channels (`list[int]`, defaults to `[32, 64]`):
         Channels of the conv stem before its last conv (which outputs `hidden_size`).
+    conv_stem_activation (`str`, defaults to `"none"`):
+        Activation after each conv of the stem but the last: `none` (the paper's stem, which is then linear as a
+        whole), `relu` or `gelu`.
+    conv_stem_downsampling (`str`, defaults to `"last_conv"`):
+        `last_conv`: the last conv has stride `patch_size` (the paper's stem at patch 1). `max_pool`: every conv
+        has stride 1 and is followed by a 3x3 stride-2 max pool, as in CCT's conv tokenizer; then `patch_size`
+        must be 2 ** (number of stem convs), e.g. 4 with `conv_stem_channels=[32]`.
     patch_embedding_norm (`bool`, defaults to False; compatibility):
         LayerNorm before and after the linear patch projection, as in the authors' `vision-xformer` package.
     rope_theta (`float`, defaults to 10000.0): RoPE base.
@@ -122,6 +131,8 @@ class VixConfig(PreTrainedConfig):
     use_distillation_head: bool = False
 
     conv_stem_channels: list[int] | tuple[int, ...] = (32, 64)
+    conv_stem_activation: str = "none"
+    conv_stem_downsampling: str = "last_conv"
     patch_embedding_norm: bool = False
     rope_theta: float | int = 10000.0
 
@@ -179,6 +190,8 @@ class VixConfig(PreTrainedConfig):
         _check_choice("embedding_type", self.embedding_type, EMBEDDING_TYPES)
         _check_choice("position_embedding_type", self.position_embedding_type, POSITION_EMBEDDING_TYPES)
         _check_choice("pooling", self.pooling, POOLING_TYPES)
+        _check_choice("conv_stem_activation", self.conv_stem_activation, CONV_STEM_ACTIVATIONS)
+        _check_choice("conv_stem_downsampling", self.conv_stem_downsampling, CONV_STEM_DOWNSAMPLINGS)
         _check_choice("performer_kernel", self.performer_kernel, PERFORMER_KERNELS)
         _check_choice("nystrom_padding", self.nystrom_padding, NYSTROM_PADDINGS)
         _check_choice("nystrom_pinv_scale", self.nystrom_pinv_scale, NYSTROM_PINV_SCALES)
@@ -212,6 +225,20 @@ class VixConfig(PreTrainedConfig):
             raise ValueError("patch_embedding_norm applies to the linear patch embedding; use embedding_type='linear'.")
         if any(channels < 1 for channels in self.conv_stem_channels):
             raise ValueError(f"conv_stem_channels must be positive; got {self.conv_stem_channels}.")
+        if self.embedding_type != "conv" and (
+            self.conv_stem_activation != "none" or self.conv_stem_downsampling != "last_conv"
+        ):
+            raise ValueError(
+                "conv_stem_activation and conv_stem_downsampling shape the conv stem; set embedding_type='conv' or "
+                "leave them at their defaults ('none', 'last_conv')."
+            )
+        num_stem_convs = len(self.conv_stem_channels) + 1
+        if self.conv_stem_downsampling == "max_pool" and self.patch_size != 2**num_stem_convs:
+            raise ValueError(
+                f"conv_stem_downsampling='max_pool' halves the grid after each of the {num_stem_convs} stem convs, so "
+                f"patch_size must be {2**num_stem_convs}; got {self.patch_size}. Change patch_size or the number of "
+                "conv_stem_channels."
+            )
         if not 0 <= self.hidden_dropout_prob < 1 or not 0 <= self.attention_probs_dropout_prob < 1:
             raise ValueError("Dropout probabilities must lie in [0, 1).")
 

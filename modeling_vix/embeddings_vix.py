@@ -41,25 +41,33 @@ class VixPatchEmbeddings(nn.Module):
 class VixConvStemEmbeddings(nn.Module):
     """`conv`: the paper's hybrid stem, 3x3 convs 3 -> 32 -> 64 -> hidden, no activation in between.
 
-    All convs have stride 1 except the last, which has stride `patch_size` (kernel max(3, p)), so that
-    patch_size = 1 is exactly the paper's stem and larger patch sizes give fewer tokens.
+    With `conv_stem_downsampling="last_conv"` all convs have stride 1 except the last, which has stride
+    `patch_size` (kernel max(3, p)), so that patch_size = 1 is exactly the paper's stem and larger patch sizes
+    give fewer tokens. With `"max_pool"` each conv is followed by a 3x3 stride-2 max pool (CCT's tokenizer).
+    `conv_stem_activation` puts an activation after every conv but the last, which projects to the tokens.
     """
 
     def __init__(self, config):
         super().__init__()
         p = config.patch_size
-        channels = [config.num_channels, *config.conv_stem_channels]
-        self.convs = nn.ModuleList(nn.Conv2d(c_in, c_out, 3, padding=1) for c_in, c_out in zip(channels, channels[1:]))
-        last_kernel = max(3, p)
-        self.convs.append(
-            nn.Conv2d(channels[-1], config.hidden_size, last_kernel, stride=p, padding=math.ceil((last_kernel - p) / 2))
-        )
+        channels = [config.num_channels, *config.conv_stem_channels, config.hidden_size]
+        pooled = config.conv_stem_downsampling == "max_pool"
+        layers = []
+        for index, (c_in, c_out) in enumerate(zip(channels, channels[1:])):
+            is_last = index == len(channels) - 2
+            if is_last and not pooled:
+                kernel = max(3, p)
+                layers.append(nn.Conv2d(c_in, c_out, kernel, stride=p, padding=math.ceil((kernel - p) / 2)))
+            else:
+                layers.append(nn.Conv2d(c_in, c_out, 3, padding=1))
+            if not is_last and config.conv_stem_activation != "none":
+                layers.append(nn.ReLU() if config.conv_stem_activation == "relu" else nn.GELU())
+            if pooled:
+                layers.append(nn.MaxPool2d(3, stride=2, padding=1))
+        self.convs = nn.Sequential(*layers)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        features = pixel_values
-        for conv in self.convs:
-            features = conv(features)
-        return features  # (B, C, h, w)
+        return self.convs(pixel_values)  # (B, C, h, w)
 
 
 def rope_frequencies(num_pairs: int, base: float = 10000.0) -> torch.Tensor:

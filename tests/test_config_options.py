@@ -47,3 +47,41 @@ def test_patch_embedding_norm_matches_explicit_patchify():
 def test_patch_embedding_norm_needs_linear_embedding():
     with pytest.raises(ValueError, match="embedding_type='linear'"):
         tiny_config(patch_embedding_norm=True, embedding_type="conv")
+
+
+def test_cct_style_conv_stem_matches_explicit_conv_relu_pool():
+    """conv_stem_downsampling='max_pool' with ReLU: conv -> ReLU -> pool, then conv -> pool, written out with F."""
+    config = tiny_config(embedding_type="conv", conv_stem_channels=[8], conv_stem_activation="relu",
+                         conv_stem_downsampling="max_pool", patch_size=4)
+    model = VixForImageClassification(config).eval()
+    stem = model.vix.embeddings.patch_embeddings
+    first, second = (layer for layer in stem.convs if isinstance(layer, torch.nn.Conv2d))
+    pixels = torch.randn(2, 3, 32, 32)
+    features = F.max_pool2d(F.relu(F.conv2d(pixels, first.weight, first.bias, padding=1)), 3, 2, 1)
+    expected = F.max_pool2d(F.conv2d(features, second.weight, second.bias, padding=1), 3, 2, 1)  # (2, 32, 8, 8)
+    torch.testing.assert_close(stem(pixels), expected)
+    assert model(pixels).logits.shape == (2, 10)
+
+
+def test_default_conv_stem_keeps_the_paper_stem_and_its_checkpoint_keys():
+    """No activation and stride on the last conv by default: the stem is linear, and keys stay convs.0/1/2."""
+    config = tiny_config(embedding_type="conv", conv_stem_channels=[4, 8])
+    stem = VixForImageClassification(config).vix.embeddings.patch_embeddings
+    assert [key for key in stem.state_dict() if key.endswith("weight")] == [f"convs.{i}.weight" for i in range(3)]
+    pixels = torch.randn(2, 3, 32, 32)
+    # Linear as a whole: the stem of a sum is the sum of the stems (up to the biases counted once).
+    zero = stem(torch.zeros_like(pixels))
+    torch.testing.assert_close(stem(pixels + pixels) - zero, 2 * (stem(pixels) - zero), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "overrides, pattern",
+    [
+        ({"embedding_type": "linear", "conv_stem_activation": "relu"}, "embedding_type='conv'"),
+        ({"embedding_type": "conv", "conv_stem_downsampling": "max_pool", "patch_size": 2}, "patch_size must be 4"),
+        ({"embedding_type": "conv", "conv_stem_activation": "tanh"}, "conv_stem_activation"),
+    ],
+)
+def test_conv_stem_options_reject_impossible_combinations(overrides, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        tiny_config(**{"conv_stem_channels": [8], **overrides})
