@@ -271,6 +271,7 @@ def test_results_script_on_a_tiny_recipe(tmp_path):
     assert len(rows) == 1 and rows[0]["variant"] == "Hybrid FNet"
     table = (tmp_path / "results" / "results.md").read_text()
     assert "| tiny_digits | Hybrid FNet |" in table and "MiB" in table
+    assert f"python -m training.results {recipe} --output_dir" in table.splitlines()[0]  # how to reproduce it
     assert json.loads((tmp_path / "results" / "results.json").read_text())[0]["test_accuracy"] == rows[0]["test_accuracy"]
     assert (tmp_path / "results" / "results.png").read_bytes()[:4] == b"\x89PNG"
     # --skip_existing reuses the run

@@ -7,6 +7,7 @@ images an uninterrupted run would have seen.
 
 Policies (`--augmentation`):
   none        no augmentation (the paper's protocol)
+  flip        horizontal flip only (short CPU-budget runs, which underfit rather than overfit)
   crop        random crop after zero padding (`--crop_padding` pixels)
   crop_flip   crop + horizontal flip (the usual CIFAR baseline)
   randaugment crop + flip + RandAugment-lite (`--randaugment_num_ops` ops of strength
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 
-POLICIES = ("none", "crop", "crop_flip", "randaugment")
+POLICIES = ("none", "flip", "crop", "crop_flip", "randaugment")
 
 
 def sample_generator(seed: int, epoch: int, row: int) -> torch.Generator:
@@ -194,8 +195,9 @@ class Augmenter:
 
     def augment_one(self, image, row: int):
         generator = sample_generator(self.seed, self.epoch, row)
-        image = random_crop(image, self.crop_padding, generator)
-        if self.policy in ("crop_flip", "randaugment"):
+        if self.policy != "flip":
+            image = random_crop(image, self.crop_padding, generator)
+        if self.policy in ("flip", "crop_flip", "randaugment"):
             image = random_flip(image, generator)
         if self.policy == "randaugment":
             image = randaugment(image, self.num_ops, self.magnitude, generator)

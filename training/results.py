@@ -94,7 +94,10 @@ def main(argv=None):
     rows = [run_recipe(recipe.resolve(), (args.output_dir / "runs" / recipe.stem).resolve(), extra, args.skip_existing)
             for recipe in args.recipes]
     (args.output_dir / "results.json").write_text(json.dumps(rows, indent=2, default=str))
-    (args.output_dir / "results.md").write_text(markdown_table(rows))
+    command = "python -m training.results " + " ".join(str(item) for item in argv + (["--", *extra] if extra else []))
+    (args.output_dir / "results.md").write_text(
+        f"Command (from the repository root): `{command}`\n\n" + markdown_table(rows)
+    )
     plot(rows, args.output_dir / "results.png")
     print(markdown_table(rows))
     print(f"wrote {args.output_dir / 'results.json'}, results.md and results.png")

@@ -78,6 +78,8 @@ class ModelArguments:
     num_attention_heads: int = 4
     intermediate_size: int = 128
     conv_stem_channels: list[int] = field(default_factory=lambda: [32, 64])
+    conv_stem_activation: str = field(default="none", metadata={"help": "none|relu|gelu, between stem convs"})
+    conv_stem_downsampling: str = field(default="last_conv", metadata={"help": "last_conv|max_pool (CCT-style)"})
     hidden_dropout_prob: float = 0.0
     attention_probs_dropout_prob: float = 0.0
     qkv_bias: bool = False
