@@ -1,21 +1,56 @@
-"""A minimal, data-driven model card: metadata from config.json, results only from measured metrics.
+"""Model cards built from data: a model folder's config, the metrics its run measured, and its recipe.
 
-    write_model_card(folder, metrics, recipe)   # -> folder/README.md
+    write_model_card(folder, metrics, recipe)            # -> folder/README.md (training/train.py calls this)
+    build_model_card(config, metrics, recipe)            # -> huggingface_hub.ModelCard
+    python -m model_cards.rebuild FOLDER ... | --results outputs/cpu/results.json   # rebuild finished folders' cards
 
-`metrics` is the dict the training job writes to metrics.json (`test_accuracy`, `test_top5_accuracy`,
-`num_parameters`, `train_runtime`, `hardware`, `dataset`, ...); `recipe` the run's settings (recipe.yaml).
-A number appears in the card only if it is in `metrics`: nothing is filled in by hand.
+`metrics` is what the training job writes to metrics.json (`test_accuracy`, `num_parameters`,
+`train_runtime`, `hardware`, `dataset`, `split_sizes`, ...); `recipe` the run's settings (recipe.yaml).
+Architecture numbers (tokens, FLOPs) are measured on the model by `measure.py`. The card is one template
+(`template.py`) filled from these: a number appears only if a run produced it.
 """
 
 import json
+import re
 from pathlib import Path
 
+import jinja2
+import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .measure import measure_architecture, weights_size_bytes
+from .template import CARD_TEMPLATE
 
-PAPER = "https://arxiv.org/abs/2107.02239"
-PAPER_NAMES = {"softmax": "ViT", "performer": "ViP", "linformer": "ViL", "nystrom": "ViN", "fnet": "FNet", "mixer": "MLP-Mixer"}
 
+PAPER_URL = "https://arxiv.org/abs/2107.02239"
+LICENSE = "apache-2.0"  # the project's licence (setup.cfg), the same for every variant
+PAPER_NAMES = {"softmax": "ViT", "performer": "ViP", "linformer": "ViL", "nystrom": "ViN", "fnet": "FNet",
+               "mixer": "MLP-Mixer"}
+MIXER_SUMMARIES = {
+    "softmax": "exact softmax attention",
+    "performer": "Performer attention (FAVOR+ random features, linear in the token count)",
+    "linformer": "Linformer attention (keys and values projected along the sequence, linear in the token count)",
+    "nystrom": "Nyströmformer attention (landmark approximation of softmax, linear in the token count)",
+    "fnet": "FNet mixing (a parameter-free 2D Fourier transform)",
+    "mixer": "an MLP-Mixer token-mixing MLP",
+}
+POSITION_SUMMARIES = {"learned": "learned position embeddings", "rope_1d": "rotary position embeddings over the "
+                      "raster index (RoPE, as in the paper)", "rope_2d": "axial 2D rotary position embeddings",
+                      "none": "no position embeddings"}
+MIXER_FIELD_PREFIXES = {"performer": "performer_", "linformer": "linformer_", "nystrom": "nystrom_", "mixer": "mixer_"}
+CITATION = """@inproceedings{jeevan2022vix,
+  title     = {Resource-efficient Hybrid X-formers for Vision},
+  author    = {Jeevan, Pranav and Sethi, Amit},
+  booktitle = {IEEE/CVF Winter Conference on Applications of Computer Vision (WACV)},
+  year      = {2022}
+}"""
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PINNED_REVISION = re.compile(r'revision="([0-9a-f]{40})"')
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Names
+# ---------------------------------------------------------------------------------------------------------
 
 def variant_name(config: dict) -> str:
     """The paper's name for a config, e.g. 'Hybrid ViN-RoPE (2D)'."""
@@ -30,68 +65,385 @@ def variant_name(config: dict) -> str:
     return name
 
 
-def _pct(value) -> str:
+def default_model_name(config: dict) -> str:
+    """'vix-hybrid-vin-rope-2d' for a Hybrid ViN-RoPE (2D)."""
+    return "vix-" + re.sub(r"[^a-z0-9]+", "-", variant_name(config).lower()).strip("-")
+
+
+def pinned_revision(card_text: str) -> str | None:
+    """The commit a card's usage snippets pin (what `publish` wrote), or None."""
+    match = PINNED_REVISION.search(card_text)
+    return match.group(1) if match else None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Formatting (one place, so card, index and tests agree on how a number is written)
+# ---------------------------------------------------------------------------------------------------------
+
+def pct(value) -> str:
     return f"{100 * value:.2f}%"
 
 
-def build_model_card(config: dict, metrics: dict, recipe: dict | None = None, model_name: str | None = None) -> ModelCard:
-    recipe = recipe or {}
-    dataset = metrics.get("dataset", "unknown")
-    dataset_id = recipe.get("dataset_hub_id") or (dataset if "/" in dataset else None)
-    tags = ["vix", "image-classification", "custom_code", f"attention-{config.get('attention_type')}",
-            f"embedding-{config.get('embedding_type')}", f"position-{config.get('position_embedding_type')}"]
-    eval_results = [
-        EvalResult(task_type="image-classification", dataset_type=dataset_id or dataset, dataset_name=dataset,
-                   dataset_split="test", metric_type=metric, metric_name=label, metric_value=float(metrics[key]))
+def duration(seconds) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def flops_text(flops) -> str:
+    return f"{flops / 1e9:.3g} GFLOPs" if flops >= 1e9 else f"{flops / 1e6:.3g} MFLOPs"
+
+
+def size_text(num_bytes) -> str:
+    return f"{num_bytes / 2**20:,.1f} MiB" if num_bytes >= 2**20 else f"{num_bytes / 2**10:,.1f} KiB"
+
+
+def count_text(count) -> str:
+    return f"{count:,} ({count / 1e6:.2f} M)" if count >= 1e4 else f"{count:,}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Facts derived from the data
+# ---------------------------------------------------------------------------------------------------------
+
+def dataset_id(metrics: dict, recipe: dict) -> str | None:
+    """The Hub id of the training data (for `datasets:` metadata), when there is one."""
+    dataset = metrics.get("dataset") or ""
+    candidate = recipe.get("dataset_hub_id") or (dataset if "/" in dataset else None)
+    return None if candidate and _local_path(candidate) else candidate
+
+
+def _local_path(name: str | None) -> Path | None:
+    """`name` as an existing local folder (as given, or relative to the repository root), else None."""
+    if not name:
+        return None
+    for path in (Path(name).expanduser(), REPO_ROOT / name):
+        if path.is_dir():
+            return path
+    return None
+
+
+def local_data_copy(recipe: dict) -> dict | None:
+    """When the run read a local copy standing in for a Hub dataset: its path, its card title, whether JPEG."""
+    name, hub_id = recipe.get("dataset_name"), recipe.get("dataset_hub_id")
+    looks_local = bool(name) and (name.startswith((".", "/", "~")) or _local_path(name) is not None)
+    if not (hub_id and looks_local):
+        return None
+    folder = _local_path(name)
+    readme = (folder / "README.md").read_text(errors="replace") if folder and (folder / "README.md").exists() else ""
+    title = next((line[2:].strip() for line in readme.splitlines() if line.startswith("# ")), None)
+    return {"path": name, "hub_id": hub_id, "title": title, "jpeg": "jpeg" in readme.lower()}
+
+
+def base_model_of(*candidates: str | None) -> str | None:
+    """The first candidate that is a Hub id (what the model was fine-tuned or converted from); local paths are not."""
+    for candidate in candidates:
+        if candidate and "/" in candidate and _local_path(candidate) is None and not candidate.startswith((".", "/")):
+            return candidate
+    return None
+
+
+def _mixer_class(attention_type: str):
+    from modeling_vix.mixers_vix import MIXERS
+
+    return MIXERS.get(attention_type)
+
+
+def mixer_settings(config: dict) -> str:
+    prefix = MIXER_FIELD_PREFIXES.get(config.get("attention_type"))
+    pairs = [f"`{key}={value}`" for key, value in sorted(config.items())
+             if prefix and key.startswith(prefix) and value is not None]
+    return ", ".join(pairs)
+
+
+def compatibility_settings(config: dict) -> str:
+    from modeling_vix.configuration_vix import COMPATIBILITY_DEFAULTS
+
+    changed = [f"`{key}={config[key]!r}`" for key, default in COMPATIBILITY_DEFAULTS.items()
+               if key in config and config[key] != default]
+    return ", ".join(changed)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Card sections
+# ---------------------------------------------------------------------------------------------------------
+
+def _image_hw(config: dict) -> tuple[int, int]:
+    size = config["image_size"]
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def _with_details(value: str, details: str | None) -> str:
+    return f"{value} ({details})" if details else value
+
+
+def mixer_row(config: dict) -> str:
+    return _with_details(f"`{config['attention_type']}`", mixer_settings(config))
+
+
+def embedding_row(config: dict) -> str:
+    stem = None
+    if config["embedding_type"] == "conv":
+        stem = (f"stem channels {config.get('conv_stem_channels')}, activation `{config.get('conv_stem_activation')}`, "
+                f"downsampling `{config.get('conv_stem_downsampling')}`")
+    return _with_details(f"`{config['embedding_type']}`", stem)
+
+
+def token_rows(config: dict, measured: dict) -> list[tuple[str, str]]:
+    height, width = _image_hw(config)
+    grid_h, grid_w = measured["grid_size"]
+    patches = grid_h * grid_w
+    prefix = measured["num_tokens"] - patches  # cls / distillation tokens
+    return [
+        ("input", f"{height}×{width} RGB, patch {config['patch_size']} → {grid_h}×{grid_w} grid"),
+        ("tokens per image", _with_details(f"{measured['num_tokens']:,}",
+                                           f"{patches:,} patches + {prefix} prefix" if prefix else None)),
+    ]
+
+
+def class_row(config: dict) -> list[tuple[str, str]]:
+    labels = [label for _, label in sorted(config.get("id2label", {}).items(), key=lambda item: int(item[0]))]
+    if not labels:
+        return []
+    return [("classes", f"{len(labels)}: " + ", ".join(labels[:10]) + (", ..." if len(labels) > 10 else ""))]
+
+
+def cost_rows(config: dict, metrics: dict, measured: dict) -> list[tuple[str, str]]:
+    """Parameters, FLOPs, weight size and training memory: each only when measured."""
+    rows = [("parameters", count_text(metrics.get("num_parameters") or measured["num_parameters"]))]
+    if measured.get("forward_flops"):
+        rows.append(("forward FLOPs, batch 1", flops_text(measured["forward_flops"])))
+    if measured.get("weights_bytes"):
+        dtype = config.get("dtype") or "float32"
+        rows.append(("weights (safetensors)", f"{size_text(measured['weights_bytes'])}, {dtype}"))
+    if metrics.get("peak_memory_mb"):
+        where = ", ".join(str(metrics[k]) for k in ("precision", "hardware") if metrics.get(k))
+        rows.append(("training peak memory", _with_details(f"{metrics['peak_memory_mb']:,.0f} MiB", where)))
+    return rows
+
+
+def model_rows(config: dict, metrics: dict, measured: dict) -> list[tuple[str, str]]:
+    rows = [
+        ("paper name", variant_name(config)),
+        ("`attention_type`", mixer_row(config)),
+        ("`embedding_type`", embedding_row(config)),
+        ("`position_embedding_type`", f"`{config['position_embedding_type']}`"),
+        ("`pooling`", f"`{config.get('pooling')}`"),
+        *token_rows(config, measured),
+        ("hidden / depth / heads / MLP", f"{config['hidden_size']} / {config['num_hidden_layers']} / "
+                                         f"{config['num_attention_heads']} / {config['intermediate_size']}"),
+    ]
+    if compatibility_settings(config):
+        rows.append(("compatibility settings", compatibility_settings(config)))
+    return rows + class_row(config) + cost_rows(config, metrics, measured)
+
+
+def measurement_note(config: dict, metrics: dict, measured: dict) -> str | None:
+    """How the FLOPs and the memory in the table were measured (only for numbers the table shows)."""
+    notes = []
+    if measured.get("forward_flops"):
+        uncounted = "; the Fourier transforms are not counted" if config["attention_type"] == "fnet" else ""
+        notes.append("FLOPs were counted by torch's `FlopCounterMode` on one forward pass at batch 1 (a multiply-add "
+                     f"counts 2; matmuls, convolutions and attention kernels{uncounted}).")
+    if metrics.get("peak_memory_mb"):
+        notes.append("The training peak memory is the training process's peak (RSS on CPU, allocated memory on GPU).")
+    return " ".join(notes) or None
+
+
+RECIPE_ROWS = (("optimizer", "optim"), ("learning rate", "learning_rate"), ("schedule", "lr_scheduler_type"),
+               ("warm-up", "warmup_steps"), ("weight decay", "weight_decay"),
+               ("label smoothing", "label_smoothing_factor"), ("augmentation", "augmentation"), ("seed", "seed"))
+RUN_ROWS = (("precision", "precision", str), ("hardware", "hardware", str), ("processes", "world_size", str),
+            ("training time", "train_runtime", duration))
+
+
+def training_rows(metrics: dict, recipe: dict) -> list[tuple[str, str]]:
+    rows = []
+    if metrics.get("dataset"):
+        sizes = ", ".join(f"{n:,} {split}" for split, n in (metrics.get("split_sizes") or {}).items())
+        rows.append(("data", _with_details(metrics["dataset"], sizes)))
+    if metrics.get("epochs") is not None:
+        steps = f"{metrics['global_steps']:,} steps" if metrics.get("global_steps") else None
+        rows.append(("epochs", _with_details(f"{metrics['epochs']:g}", steps)))
+    if recipe.get("per_device_train_batch_size"):
+        processes, accumulation = metrics.get("world_size") or 1, recipe.get("gradient_accumulation_steps", 1)
+        rows.append(("batch size", f"{recipe['per_device_train_batch_size'] * processes * accumulation}"))
+    rows += [(label, f"`{recipe[key]}`") for label, key in RECIPE_ROWS if recipe.get(key) is not None]
+    rows += [(label, fmt(metrics[key])) for label, key, fmt in RUN_ROWS if metrics.get(key) is not None]
+    return rows
+
+
+def protocol(metrics: dict, recipe: dict) -> str:
+    """How the reported checkpoint was chosen and tested, from the run's own settings and split sizes."""
+    sizes = metrics.get("split_sizes") or {}
+    dataset = metrics.get("dataset", "the dataset")
+    if recipe.get("load_best_model_at_end", True) and metrics.get("best_checkpoint"):
+        step = re.search(r"checkpoint-(\d+)", str(metrics["best_checkpoint"]))
+        details = ([f"{sizes['validation']:,} validation images"] if "validation" in sizes else []) + (
+            [f"step {int(step.group(1)):,}"] if step else [])
+        metric = recipe.get("metric_for_best_model", "accuracy")
+        chosen = _with_details(f"The checkpoint with the best validation {metric}", ", ".join(details))
+    else:
+        chosen = "The last checkpoint"
+    test = f"the test split ({sizes['test']:,} images of {dataset})" if "test" in sizes else f"the {dataset} test split"
+    return (f"{chosen} was evaluated once on {test}, after training. Top-5 counts a hit when the label is among "
+            "the five highest logits.")
+
+
+RESULT_ROWS = (("test top-1 accuracy", "test_accuracy", pct), ("test top-5 accuracy", "test_top5_accuracy", pct),
+               ("best validation top-1 accuracy", "best_validation_accuracy", pct),
+               ("test loss", "test_loss", lambda value: f"{value:.4f}"))
+
+
+def result_rows(metrics: dict) -> list[tuple[str, str]]:
+    return [(label, fmt(metrics[key])) for label, key, fmt in RESULT_ROWS if metrics.get(key) is not None]
+
+
+def resolution_limit(config: dict, measured: dict) -> str:
+    """What input sizes the model runs at, from the mixer's declaration and the position type."""
+    height, width = _image_hw(config)
+    mixer = _mixer_class(config["attention_type"])
+    if mixer is not None and mixer.fixed_sequence_length:
+        return (f"`{config['attention_type']}` owns parameters sized by the token count ({measured['num_tokens']:,} "
+                f"tokens), so this model runs at {height}×{width} input only; the image processor resizes every "
+                "image to that size.")
+    if config["position_embedding_type"] == "learned":
+        return (f"Trained at {height}×{width}. Learned position embeddings need `interpolate_pos_encoding=True` at "
+                "another input size (the pipeline resizes to the trained size instead); accuracy at other sizes was "
+                "not measured.")
+    return (f"Trained at {height}×{width}; it runs at any size the patch size ({config['patch_size']}) divides, but "
+            "accuracy at other sizes was not measured.")
+
+
+def data_copy_limit(recipe: dict) -> str | None:
+    copy = local_data_copy(recipe)
+    if copy is None:
+        return None
+    title = f', "{copy["title"]}"' if copy["title"] else ""
+    text = (f"Trained and evaluated on a local copy of `{copy['hub_id']}` (`{copy['path']}`{title}), not on the Hub "
+            "original.")
+    if copy["jpeg"]:
+        text += " Its images are JPEG re-encodings, so accuracy on the original images can differ."
+    return text
+
+
+def limitations(config: dict, metrics: dict, recipe: dict, measured: dict) -> list[str]:
+    lines = [resolution_limit(config, measured)]
+    mixer = _mixer_class(config["attention_type"])
+    if mixer is not None and not mixer.returns_attention_weights:
+        lines.append(f"`{config['attention_type']}` has no attention map: `output_attentions=True` raises.")
+    if data_copy_limit(recipe):
+        lines.append(data_copy_limit(recipe))
+    if metrics.get("test_accuracy") is not None:
+        seed = f" (seed {recipe['seed']})" if recipe.get("seed") is not None else ""
+        lines.append(f"The results come from one training run{seed} and one test evaluation: there are no error bars.")
+    lines.append("Image classification only, on the label set above; it is not a general-purpose feature extractor.")
+    return lines
+
+
+def eval_results(metrics: dict, recipe: dict) -> list[EvalResult]:
+    dataset = metrics.get("dataset") or "unknown"
+    hub_id = dataset_id(metrics, recipe)
+    return [
+        EvalResult(task_type="image-classification", task_name="Image Classification", dataset_type=hub_id or dataset,
+                   dataset_name=dataset, dataset_split="test", metric_type=metric, metric_name=label,
+                   metric_value=float(metrics[key]))
         for key, metric, label in (("test_accuracy", "accuracy", "Top-1 accuracy"),
                                    ("test_top5_accuracy", "top_5_accuracy", "Top-5 accuracy"))
         if metrics.get(key) is not None
     ]
-    model_name = model_name or f"vix-{variant_name(config).lower().replace(' ', '-').replace('(', '').replace(')', '')}"
-    data = ModelCardData(
-        library_name="transformers", pipeline_tag="image-classification", license="apache-2.0", tags=tags,
-        model_name=model_name, datasets=[dataset_id] if dataset_id else None,
-        metrics=["accuracy"] if eval_results else None, eval_results=eval_results or None,
+
+
+def card_metadata(config: dict, metrics: dict, recipe: dict, model_name: str, base_model: str | None) -> ModelCardData:
+    results = eval_results(metrics, recipe)
+    hub_id = dataset_id(metrics, recipe)
+    tags = ["vix", "image-classification", "custom_code", f"attention-{config.get('attention_type')}",
+            f"embedding-{config.get('embedding_type')}", f"position-{config.get('position_embedding_type')}"]
+    return ModelCardData(
+        library_name="transformers", pipeline_tag="image-classification", license=LICENSE, tags=tags,
+        model_name=model_name, base_model=base_model, datasets=[hub_id] if hub_id else None,
+        metrics=sorted({r.metric_type for r in results}) or None, eval_results=results or None,
     )
 
-    size = config.get("image_size")
-    lines = [
-        f"# {model_name}", "",
-        f"A **{variant_name(config)}** from the ViX family (*Vision Xformers*, [arXiv 2107.02239]({PAPER})): "
-        f"attention_type `{config.get('attention_type')}`, embedding_type `{config.get('embedding_type')}`, "
-        f"position_embedding_type `{config.get('position_embedding_type')}`, image size {size}, patch "
-        f"{config.get('patch_size')}, hidden {config.get('hidden_size')}, depth {config.get('num_hidden_layers')}, "
-        f"{config.get('num_attention_heads')} heads"
-        + (f", {metrics['num_parameters']:,} parameters" if metrics.get("num_parameters") else "") + ".",
-        "", f"Trained on **{dataset}**" + (
-            " (" + ", ".join(f"{count:,} {split}" for split, count in metrics["split_sizes"].items()) + " images)"
-            if metrics.get("split_sizes") else "") + ".",
-        "", "## Results (measured by the training run that wrote this folder)", "",
-        "| metric | value |", "|---|---|",
-    ]
-    rows = [("test top-1 accuracy", "test_accuracy", _pct), ("test top-5 accuracy", "test_top5_accuracy", _pct),
-            ("best validation top-1", "best_validation_accuracy", _pct), ("epochs", "epochs", lambda v: f"{v:g}"),
-            ("training time", "train_runtime", lambda v: f"{v:.0f} s"), ("precision", "precision", str),
-            ("peak memory", "peak_memory_mb", lambda v: f"{v:.0f} MiB"), ("hardware", "hardware", str),
-            ("processes", "world_size", str)]
-    lines += [f"| {label} | {fmt(metrics[key])} |" for label, key, fmt in rows if metrics.get(key) is not None]
-    lines += [
-        "", "## Use", "", "```python", "from transformers import pipeline", "",
-        'classify = pipeline("image-classification", model="<this folder or repo>", trust_remote_code=True)',
-        'print(classify("image.png"))', "```", "",
-        "Or, with the `vix` package installed, `import modeling_vix` and load it without `trust_remote_code`.",
-    ]
-    if recipe:
-        lines += ["", "## Training recipe", "", "Re-run with `python -m training.train recipe.yaml` (the file beside this card):",
-                  "", "```yaml", *[f"{key}: {json.dumps(value)}" for key, value in recipe.items()], "```"]
-    card = ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n\n{{ body }}\n", body="\n".join(lines))
-    return card
+
+def card_context(config: dict, metrics: dict, recipe: dict, measured: dict, *, model_name: str,
+                 base_model: str | None, repo_id: str | None, revision: str | None) -> dict:
+    return {
+        "model_name": model_name, "variant": variant_name(config), "paper_url": PAPER_URL,
+        "mixer_summary": MIXER_SUMMARIES.get(config["attention_type"], f"`{config['attention_type']}`"),
+        "embedding_type": config["embedding_type"],
+        "position_summary": POSITION_SUMMARIES.get(config["position_embedding_type"]),
+        "base_model": base_model or recipe.get("model_name_or_path"),  # a local parent is named in the text only
+        "dataset": metrics.get("dataset"),
+        "model_rows": model_rows(config, metrics, measured),
+        "measurement_note": measurement_note(config, metrics, measured),
+        "model_ref": repo_id or "<this folder or repo id>", "revision": revision,
+        "revision_kwarg": f' revision="{revision}",' if revision else "",
+        "training_rows": training_rows(metrics, recipe),
+        "recipe_yaml": yaml.safe_dump(recipe, sort_keys=False).strip() if recipe else None,
+        "protocol": protocol(metrics, recipe), "result_rows": result_rows(metrics),
+        "limitations": limitations(config, metrics, recipe, measured), "citation": CITATION,
+    }
 
 
-def write_model_card(folder, metrics: dict, recipe: dict | None = None, model_name: str | None = None) -> Path:
-    """Write folder/README.md from folder/config.json and the measured `metrics`; returns its path."""
+# ---------------------------------------------------------------------------------------------------------
+# Building and writing
+# ---------------------------------------------------------------------------------------------------------
+
+def render(context: dict) -> str:
+    environment = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                                     trim_blocks=True, lstrip_blocks=True)
+    return environment.from_string(CARD_TEMPLATE).render(**context)
+
+
+def build_model_card(config: dict, metrics: dict, recipe: dict | None = None, model_name: str | None = None, *,
+                     measured: dict | None = None, base_model: str | None = None, repo_id: str | None = None,
+                     revision: str | None = None) -> ModelCard:
+    """The card for a model: YAML metadata (with `model-index` from `metrics`) and the template's sections.
+
+    `measured` holds architecture numbers (`measure.measure_architecture`, plus `weights_bytes`); measured here
+    when not given. `repo_id`/`revision` fill the usage snippets (the publish step knows them).
+    """
+    recipe = recipe or {}
+    measured = measured if measured is not None else measure_architecture(config)
+    model_name = model_name or default_model_name(config)
+    base_model = base_model_of(base_model, metrics.get("base_model"), recipe.get("model_name_or_path"))
+    data = card_metadata(config, metrics, recipe, model_name, base_model)
+    body = render(card_context(config, metrics, recipe, measured, model_name=model_name, base_model=base_model,
+                               repo_id=repo_id, revision=revision))
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+
+def read_folder(folder) -> tuple[dict, dict, dict]:
+    """(config, metrics, recipe) of a model folder; metrics and recipe are {} when absent."""
     folder = Path(folder)
     config = json.loads((folder / "config.json").read_text())
+    metrics = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").exists() else {}
+    recipe = (yaml.safe_load((folder / "recipe.yaml").read_text()) or {}) if (folder / "recipe.yaml").exists() else {}
+    return config, metrics, recipe
+
+
+def existing_base_model(folder) -> str | None:
+    """`base_model` of the card already in a folder (e.g. a converter's card), so a rebuilt card keeps it."""
+    path = Path(folder) / "README.md"
+    try:
+        return ModelCard.load(path).data.base_model if path.exists() else None
+    except (ValueError, yaml.YAMLError):  # metadata that does not parse: the card is about to be replaced
+        return None
+
+
+def write_model_card(folder, metrics: dict, recipe: dict | None = None, model_name: str | None = None, *,
+                     base_model: str | None = None, repo_id: str | None = None, revision: str | None = None) -> Path:
+    """Write folder/README.md from folder/config.json, the measured `metrics` and the `recipe`; returns its path."""
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text())
+    measured = {**measure_architecture(config), "weights_bytes": weights_size_bytes(folder)}
+    base_model = base_model_of(base_model, metrics.get("base_model"), (recipe or {}).get("model_name_or_path"),
+                               existing_base_model(folder))  # a converter's card names its source
+    card = build_model_card(config, metrics, recipe, model_name, measured=measured, base_model=base_model,
+                            repo_id=repo_id, revision=revision)
     path = folder / "README.md"
-    build_model_card(config, metrics, recipe, model_name).save(path)
+    card.save(path)
     return path

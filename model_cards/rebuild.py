@@ -1,0 +1,38 @@
+"""Rebuild the model cards (README.md) of finished model folders from their own files, without retraining.
+
+    python -m model_cards.rebuild outputs/vix-digits/final
+    python -m model_cards.rebuild --results outputs/cpu/results.json
+
+For folders whose card was written by an older card builder: the card is the template filled from the
+folder's config.json, metrics.json and recipe.yaml, so rebuilding changes no number.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from .card import read_folder, write_model_card
+from .publish import folders_from_results
+
+
+def rebuild_card(folder) -> Path:
+    _, metrics, recipe = read_folder(folder)
+    return write_model_card(folder, metrics, recipe)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folders", nargs="*", type=Path, help="model folders (a run's final/)")
+    parser.add_argument("--results", type=Path, help="a training/results.py results.json listing the runs")
+    args = parser.parse_args(argv)
+    listed = folders_from_results(args.results) if args.results else []
+    folders = list(args.folders) + [folder for folder, _ in listed]
+    if not folders:
+        parser.error("give model folders or --results")
+    for folder in folders:
+        print(f"wrote {rebuild_card(folder)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

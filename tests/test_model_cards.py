@@ -1,0 +1,184 @@
+"""Model cards (model_cards/): metadata round trips through `ModelCard.load`, the body states only numbers a run
+produced, architecture numbers are measured, limitations and snippets follow the data. Tiny configs: ~3 s."""
+
+import json
+import re
+
+import pytest
+from huggingface_hub import ModelCard, ModelCardData
+
+from model_cards import build_index_card, build_model_card, write_model_card
+from model_cards.measure import measure_architecture
+from model_cards.rebuild import main as rebuild_main
+from modeling_vix import VixForImageClassification, VixImageProcessor
+
+from conftest import tiny_config
+
+
+METRICS = {  # the keys training/train.py writes to metrics.json (values from a tiny run)
+    "test_loss": 0.4321, "test_accuracy": 0.8125, "test_top5_accuracy": 0.96875, "best_validation_accuracy": 0.84375,
+    "best_checkpoint": "/tmp/run/checkpoint-12", "train_runtime": 195.5, "epochs": 3.0, "global_steps": 12,
+    "num_parameters": 123456, "peak_memory_mb": 812.4, "hardware": "Test CPU, 2 cores, torch 2 threads",
+    "world_size": 1, "precision": "bf16", "dataset": "uoft-cs/cifar10",
+    "split_sizes": {"train": 900, "validation": 100, "test": 320}, "skipped_images": {},
+}
+RECIPE = {"attention_type": "nystrom", "learning_rate": 0.002, "per_device_train_batch_size": 64, "seed": 7,
+          "load_best_model_at_end": True, "augmentation": "crop_flip"}
+VARIANTS = {
+    "vit": dict(attention_type="softmax"),
+    "hybrid-vip-rope": dict(attention_type="performer", embedding_type="conv", position_embedding_type="rope_1d"),
+    "vil": dict(attention_type="linformer"),
+    "vin-rope2d": dict(attention_type="nystrom", position_embedding_type="rope_2d", pooling="mean"),
+    "hybrid-fnet": dict(attention_type="fnet", embedding_type="conv"),
+    "mixer": dict(attention_type="mixer", position_embedding_type="none"),
+}
+SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+def config_dict(**overrides) -> dict:
+    return tiny_config(**overrides).to_dict()
+
+
+def python_blocks(text: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_card_round_trips_through_modelcard_load(tmp_path, name):
+    config = config_dict(**VARIANTS[name])
+    card = build_model_card(config, METRICS, RECIPE, f"vix-{name}", repo_id=f"team/vix-{name}", revision=SHA)
+    card.save(tmp_path / "README.md")
+    loaded = ModelCard.load(tmp_path / "README.md")
+
+    assert loaded.data.to_dict() == card.data.to_dict()
+    assert loaded.data.eval_results == card.data.eval_results
+    data = loaded.data
+    assert (data.library_name, data.pipeline_tag, data.license) == ("transformers", "image-classification", "apache-2.0")
+    assert data.datasets == ["uoft-cs/cifar10"] and data.model_name == f"vix-{name}"
+    assert {f"attention-{config['attention_type']}", f"embedding-{config['embedding_type']}",
+            f"position-{config['position_embedding_type']}", "custom_code"} <= set(data.tags)
+    assert {(r.metric_type, r.metric_value, r.dataset_split) for r in data.eval_results} == {
+        ("accuracy", 0.8125, "test"), ("top_5_accuracy", 0.96875, "test")}
+    for section in ("## Model", "## How to use", "## Training procedure", "## Results", "## Limitations", "## Citation"):
+        assert section in loaded.text
+
+
+def test_card_states_measured_numbers_and_nothing_else():
+    config = config_dict(attention_type="softmax")
+    measured = measure_architecture(config)
+    text = build_model_card(config, METRICS, RECIPE).text
+    for expected in ("81.25%", "96.88%", "84.38%", "0.4321", "3.3 min", "812 MiB", "bf16", "123,456",
+                     "900 train, 100 validation, 320 test", "step 12", f"{measured['num_tokens']:,}", "seed 7"):
+        assert expected in text, expected
+
+    # Without measurements, no row, no model-index and no percentage: nothing is filled in by hand.
+    bare = build_model_card(config, {}, {})
+    assert bare.data.eval_results is None and bare.data.metrics is None
+    assert "%" not in bare.text.split("## Model")[1] and "states no accuracy" in bare.text
+    for absent in ("training time", "peak memory", "test top-1", "no error bars"):
+        assert absent not in bare.text, absent
+
+    partial = {k: v for k, v in METRICS.items() if k not in ("test_top5_accuracy", "train_runtime", "peak_memory_mb")}
+    card = build_model_card(config, partial, RECIPE)
+    assert [r.metric_type for r in card.data.eval_results] == ["accuracy"]
+    assert "top-5 accuracy" not in card.text and "training time" not in card.text and "peak memory" not in card.text
+
+
+def test_forward_flops_match_a_hand_count_including_attention():
+    """Softmax, linear patches: counted FLOPs equal the matmul count, so the fused attention kernel is counted."""
+    config = config_dict(attention_type="softmax", embedding_type="linear", position_embedding_type="learned")
+    measured = measure_architecture(config)
+    n_patches, hidden, layers, mlp = 64, 32, 2, 64
+    tokens = n_patches + 1
+    patch_embedding = 2 * n_patches * (3 * 4 * 4) * hidden
+    per_layer = 2 * tokens * hidden * 4 * hidden + 2 * 2 * tokens * tokens * hidden + 2 * 2 * tokens * hidden * mlp
+    assert measured["num_tokens"] == tokens and measured["grid_size"] == [8, 8]
+    assert measured["forward_flops"] == patch_embedding + layers * per_layer + 2 * hidden * 10
+    assert f"{measured['forward_flops'] / 1e6:.3g} MFLOPs" in build_model_card(config, METRICS, RECIPE).text
+
+
+def test_limitations_follow_the_config_and_the_data(tmp_path):
+    linformer = build_model_card(config_dict(attention_type="linformer"), METRICS, RECIPE).text
+    assert "runs at 32×32 input only" in linformer and "65 tokens" in linformer
+    rope = build_model_card(config_dict(attention_type="nystrom", position_embedding_type="rope_2d"), METRICS, RECIPE).text
+    assert "any size the patch size (4) divides" in rope and "runs at 32×32 input only" not in rope
+    fnet = build_model_card(config_dict(attention_type="fnet"), METRICS, RECIPE).text
+    assert "has no attention map" in fnet and "Fourier transforms are not counted" in fnet
+
+    local = tmp_path / "cifar10"
+    local.mkdir()
+    (local / "README.md").write_text("# CIFAR-10 (offline copy, JPEG)\n\nJPEG re-encodings of the originals.\n")
+    recipe = {**RECIPE, "dataset_name": str(local), "dataset_hub_id": "uoft-cs/cifar10"}
+    card = build_model_card(config_dict(), METRICS, recipe)
+    assert card.data.datasets == ["uoft-cs/cifar10"]
+    limitations = card.text.split("## Limitations")[1]
+    assert "local copy of `uoft-cs/cifar10`" in limitations and "CIFAR-10 (offline copy, JPEG)" in limitations
+    assert "JPEG re-encodings" in limitations
+    hub_data = build_model_card(config_dict(), METRICS, {**RECIPE, "dataset_name": "uoft-cs/cifar10"}).text
+    assert "local copy" not in hub_data
+
+
+def test_base_model_from_fine_tune_recipe_or_converter_card(tmp_path):
+    from conversion.common import ConversionResult, build_card
+
+    fine_tuned = build_model_card(config_dict(), METRICS, {**RECIPE, "model_name_or_path": "google/vit-base-patch16-224"})
+    assert fine_tuned.data.base_model == "google/vit-base-patch16-224"
+    local_parent = build_model_card(config_dict(), METRICS, {**RECIPE, "model_name_or_path": str(tmp_path)})
+    assert local_parent.data.base_model is None and f"Fine-tuned from `{tmp_path}`" in local_parent.text
+
+    # A converted folder: the converter's card names the source; a rebuilt card keeps it.
+    model = VixForImageClassification(tiny_config())
+    model.save_pretrained(tmp_path / "converted")
+    VixImageProcessor().save_pretrained(tmp_path / "converted")
+    result = ConversionResult(model=model, processor=VixImageProcessor())
+    build_card(result, source="transformers ViT", base_model="google/vit-base-patch16-224").save(
+        tmp_path / "converted" / "README.md")
+    write_model_card(tmp_path / "converted", {}, None)
+    assert ModelCard.load(tmp_path / "converted" / "README.md").data.base_model == "google/vit-base-patch16-224"
+
+
+def test_usage_snippets_compile_and_pin_the_revision():
+    config = config_dict()
+    pinned = build_model_card(config, METRICS, RECIPE, repo_id="team/vix-vin", revision=SHA).text
+    blocks = python_blocks(pinned)
+    assert len(blocks) == 3
+    for block in blocks:
+        compile(block, "<card snippet>", "exec")
+    calls = re.findall(r"(?:pipeline|from_pretrained)\((.*?)trust_remote_code=True", pinned, flags=re.S)
+    assert len(calls) == 5 and all(f'"team/vix-vin", revision="{SHA}"' in call or f'model="team/vix-vin", revision="{SHA}"' in call
+                                   for call in calls)
+    unpinned = build_model_card(config, METRICS, RECIPE, repo_id="team/vix-vin").text
+    assert 'revision="' not in "".join(python_blocks(unpinned)) and 'revision="<commit hash>"' in unpinned
+
+
+def test_write_model_card_signature_and_refresh_command(tmp_path):
+    folder = tmp_path / "final"
+    VixForImageClassification(tiny_config(attention_type="performer")).save_pretrained(folder)
+    VixImageProcessor().save_pretrained(folder)
+    (folder / "metrics.json").write_text(json.dumps(METRICS))
+    (folder / "recipe.yaml").write_text("attention_type: performer\nseed: 7\n")
+
+    path = write_model_card(folder, METRICS, {"attention_type": "performer", "seed": 7})  # training/train.py's call
+    written = path.read_text()
+    assert "ViP" in written and "weights (safetensors)" in written
+    path.write_text("stale")
+    assert rebuild_main([str(folder)]) == 0
+    assert (folder / "README.md").read_text() == written  # rebuilt from the folder's own files, same card
+
+
+def test_index_card_lists_variants_side_by_side(tmp_path):
+    entries = []
+    for i, name in enumerate(("vit", "vil")):
+        config = config_dict(**VARIANTS[name])
+        metrics = {**METRICS, "test_accuracy": 0.5 + i / 10}
+        entries.append({"repo_id": f"team/vix-{name}", "revision": SHA, "config": config, "metrics": metrics,
+                        "recipe": RECIPE, "measured": measure_architecture(config)})
+    del entries[1]["metrics"]["test_top5_accuracy"]
+    card = build_index_card(entries, endpoint="https://hub.example")
+    card.save(tmp_path / "README.md")
+    loaded = ModelCard.load(tmp_path / "README.md")
+    assert loaded.data.datasets == ["uoft-cs/cifar10"] and isinstance(loaded.data, ModelCardData)
+    rows = [line for line in loaded.text.splitlines() if line.startswith("| [team/vix-")]
+    assert len(rows) == 2
+    assert "[team/vix-vit](https://hub.example/team/vix-vit)" in rows[0] and "50.00%" in rows[0] and "96.88%" in rows[0]
+    assert "| ViL |" in rows[1] and "60.00%" in rows[1] and "| – |" in rows[1]  # no top-5 measured: a dash
