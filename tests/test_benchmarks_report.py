@@ -1,0 +1,153 @@
+"""The benchmark report logic: targets read from results JSON, markdown re-rendered from it, and the profile's
+attribution of ops to the parts of a train step. No timings are taken or checked here."""
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from benchmarks import profile_step, run
+
+
+RESULTS = Path(run.__file__).resolve().parent / "results"
+
+
+def paper_report(times: dict, memory: dict | None = None, dtype: str = "fp32") -> dict:
+    memory = memory or {model: 100.0 for model in times}
+    return {
+        "settings": {"dtype": dtype, "batch_size": 16, "warmup_steps": 2, "steps": 5},
+        "paper": [{"model": m, "step_time_s": t, "peak_memory_mb": memory[m], "finite_loss": True, "parameters": 1,
+                   "train_flops": 1e9, "achieved_gflops": 1.0} for m, t in times.items()],
+    }
+
+
+@pytest.mark.parametrize("name", ["cpu_fp32", "cpu_bf16"])
+def test_committed_markdown_is_the_render_of_its_json(name):
+    """Re-rendering changes no measured number: the committed markdown is exactly what the JSON renders to."""
+    path = RESULTS / f"{name}.json"
+    assert run.render(path) == path.with_suffix(".md").read_text()
+
+
+def test_speed_target_met_at_the_threshold_and_gap_when_missed():
+    rows = run.speed_rows(paper_report({"vix-nystrom": 0.5, "authors-ViN": 1.0, "hf-vit-sdpa": 0.65}))
+    by_peer = {row["goal"].split()[-1]: row for row in rows}
+    assert by_peer["authors-ViN"]["status"] == "met" and by_peer["authors-ViN"]["gap"] == ""
+    missed = by_peer["hf-vit-sdpa"]
+    assert missed["status"] == "**missed**" and missed["measured"] == "1.30x"
+    assert missed["gap"] == "step 0.500 s -> <= 0.325 s (-35%)"
+
+
+def test_memory_targets_are_upper_bounds():
+    report = paper_report({"vix-nystrom": 1.0, "hf-vit-sdpa": 1.0, "hf-vit-eager": 1.0, "vix-softmax": 1.0},
+                          {"vix-nystrom": 300.0, "hf-vit-sdpa": 300.0, "hf-vit-eager": 900.0, "vix-softmax": 320.0})
+    status = {(row["target"], row["goal"].split()[0], row["goal"].split()[1]): row["status"] for row in run.memory_rows(report)}
+    assert status["2a", "vix-nystrom", "peak"] == "met"  # 1.00x against <= 1.0x
+    assert status["2b", "vix-nystrom", "peak"] == "**missed**"  # 0.33x against <= 0.3x
+    assert status["3", "vix-softmax", "peak"] == "**missed**"  # 1.07x against <= 1.05x
+    assert status["3", "vix-softmax", "step"] == "met"
+
+
+def test_bf16_rows_divide_fp32_by_bf16_step_times_and_leave_long_runs_unmeasured():
+    fp32 = paper_report({"vix-nystrom": 0.6, "vix-linformer": 0.45, "hf-vit-sdpa": 0.8})
+    bf16 = paper_report({"vix-nystrom": 0.5, "vix-linformer": 0.3, "hf-vit-sdpa": 0.7}, dtype="bf16")
+    rows = run.bf16_rows(fp32, bf16)
+    speed = {row["goal"].split()[0]: row for row in rows[:-1]}
+    assert set(speed) == {"vix-nystrom", "vix-linformer"}  # ViX models only
+    assert speed["vix-nystrom"]["measured"] == "1.20x" and speed["vix-nystrom"]["status"] == "**missed**"
+    assert speed["vix-linformer"]["status"] == "met"
+    assert rows[-1]["status"] == "not measured"
+
+
+def test_targets_section_only_in_fp32_report_and_bf16_table_needs_fp32_file():
+    fp32 = paper_report({"vix-nystrom": 0.6, "hf-vit-sdpa": 0.8})
+    fp32.update(machine={"cpu": "cpu", "cores": 2, "torch": "x"}, command="c", ratios={})
+    bf16 = copy.deepcopy(fp32)
+    bf16["settings"]["dtype"] = "bf16"
+    assert "## Targets" in run.markdown(fp32) and "## Targets" not in run.markdown(bf16)
+    assert "bf16 autocast against fp32" not in run.markdown(bf16)
+    assert "bf16 autocast against fp32" in run.markdown(bf16, companion=fp32)
+
+
+def test_companion_path_swaps_the_dtype_suffix_only():
+    assert run.companion_path(Path("r/cpu_fp32.json"), "bf16") == Path("r/cpu_bf16.json")
+    assert run.companion_path(Path("r/h100_bf16.json"), "fp32") == Path("r/h100_fp32.json")
+    assert run.companion_path(Path("r/custom.json"), "bf16") is None
+
+
+def test_crossover_at_the_smallest_swept_size_is_an_upper_bound():
+    report = {"scaling": [{"tokens": 1025}, {"tokens": 2305}]}
+    assert run.crossover_text(1025, report) == "faster than vix-softmax from <= 1025 tokens"
+    assert "from 2305 tokens" in run.crossover_text(2305, report)
+    assert run.crossover_text(None, report).startswith("never")
+
+
+@pytest.mark.parametrize("name, category", [
+    ("aten::bmm", profile_step.GEMM), ("aten::addmm", profile_step.GEMM), ("aten::convolution_backward", profile_step.CONV),
+    ("aten::_scaled_dot_product_flash_attention_for_cpu_backward", profile_step.ATTENTION),
+    ("aten::_softmax", profile_step.ATTENTION), ("aten::_log_softmax", profile_step.OTHER),
+    ("aten::gelu_backward", profile_step.ACTIVATION), ("aten::native_layer_norm", profile_step.LAYER_NORM),
+    ("aten::copy_", profile_step.COPY), ("aten::_conj", profile_step.COPY), ("aten::_fft_r2c", profile_step.FFT),
+    ("aten::sum", profile_step.REDUCTION), ("aten::add_", profile_step.ELEMENTWISE),
+    ("AddmmBackward0", profile_step.FRAMEWORK),
+])
+def test_op_categories(name, category):
+    assert profile_step.category_of(name) == category
+
+
+class TinyMixer(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.q_proj, self.o_proj = nn.Linear(width, width), nn.Linear(width, width)
+
+    def forward(self, x):
+        return self.o_proj(torch.softmax(self.q_proj(x) @ x.transpose(-1, -2), -1) @ x)
+
+
+class TinyModel(nn.Module):
+    """The naming `profile_step` looks for: `layers.<i>.attention` is the token mixer."""
+
+    def __init__(self, width=8):
+        super().__init__()
+        self.embed = nn.Linear(width, width)  # so that the mixer's input needs a gradient, as in a real model
+        self.layers = nn.ModuleList([nn.ModuleDict({"attention": TinyMixer(width), "mlp": nn.Linear(width, width)})])
+        self.head = nn.Linear(width, 3)
+
+    def forward(self, x):
+        x = self.embed(x)
+        for layer in self.layers:
+            x = x + layer["attention"](x)
+            x = x + layer["mlp"](x).relu()
+        return self.head(x.mean(1))
+
+
+def test_profile_attributes_forward_and_backward_ops_to_their_part():
+    torch.manual_seed(0)
+    model, state = TinyModel(), {"in_mixer": False}
+    profile_step.mark_mixers(model, hidden_size=8, state=state)
+    optimizer = torch.optim.AdamW(model.parameters())
+    pixels, labels = torch.randn(2, 5, 8), torch.tensor([0, 2])
+    run_step = lambda: profile_step.train_step(model, optimizer, pixels, labels, torch.autocast("cpu", enabled=False))  # noqa: E731
+    run_step()
+    events, seconds, totals = profile_step.profile_steps(run_step, steps=2)
+    summary = profile_step.summarize(events, seconds)
+    regions = {region for (region, _), s in summary["by_region_category"].items()}
+    for part in (profile_step.MIXER_CORE, profile_step.MIXER_PROJECTIONS, profile_step.REST):
+        assert {f"{part}; forward", f"{part}; backward"} <= regions, part
+    assert "optimizer" in regions and "outside" not in regions
+    # the softmax (and its backward) belongs to the mixer core; the projections' GEMMs to the projections
+    assert summary["by_region_category"][f"{profile_step.MIXER_CORE}; backward", profile_step.ATTENTION] > 0
+    assert summary["by_region_category"][f"{profile_step.MIXER_PROJECTIONS}; backward", profile_step.GEMM] > 0
+    assert summary["total"] <= min(totals) + 1e-9  # each op call's fastest: never more than a whole step
+    # FLOPs per part: q and o projections, forward (2 GEMMs) and backward (4), 2 x 5 tokens x 8 x 8 each
+    assert summary["flops_by_part"][profile_step.MIXER_PROJECTIONS] == 6 * 2 * 10 * 8 * 8
+
+
+def test_saved_tensors_are_split_between_mixers_and_the_rest():
+    model, state = TinyModel(), {"in_mixer": False}
+    profile_step.mark_mixers(model, hidden_size=8, state=state)
+    saved = profile_step.saved_tensor_mb(model, torch.randn(2, 5, 8), torch.tensor([0, 2]),
+                                         torch.autocast("cpu", enabled=False), state)
+    assert saved["mixers"] > 0 and saved["rest"] > 0
