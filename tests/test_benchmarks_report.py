@@ -151,3 +151,16 @@ def test_saved_tensors_are_split_between_mixers_and_the_rest():
     saved = profile_step.saved_tensor_mb(model, torch.randn(2, 5, 8), torch.tensor([0, 2]),
                                          torch.autocast("cpu", enabled=False), state)
     assert saved["mixers"] > 0 and saved["rest"] > 0
+
+
+def test_bf16_training_comparison_flags_non_finite_values_and_measures_the_gap():
+    from benchmarks import bf16_training
+
+    fp32 = {"losses": {10: 2.0, 20: 1.0}, "grad_norms": {10: 1.0, 20: 1.0}, "test_accuracy": 0.9}
+    bf16 = {"losses": {10: 2.2, 20: 1.0}, "grad_norms": {10: 1.0, 20: 1.0}, "test_accuracy": 0.8}
+    row = bf16_training.compare(fp32, bf16)
+    assert row["all_finite"] and row["logged_steps"] == 2
+    assert row["max_relative_loss_gap"] == pytest.approx(0.1) and row["mean_relative_loss_gap"] == pytest.approx(0.05)
+    bf16["grad_norms"][20] = float("nan")
+    assert not bf16_training.compare(fp32, bf16)["all_finite"]
+    assert "| **no** |" not in bf16_training.markdown({"fnet": row}, 20, "cmd")  # the finite run reads "yes"
