@@ -28,7 +28,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .card import build_model_card, pinned_revision, read_folder, write_model_card
+from .card import REPO_ROOT, build_model_card, pinned_revision, read_folder, write_model_card
 
 
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
@@ -77,8 +77,8 @@ def folders_from_results(path) -> list[tuple[Path, str]]:
     rows = json.loads(path.read_text())
     out = []
     for row in rows:
-        folder = Path(row["run_dir"]) / "final"
-        moved = path.parent / "runs" / row["recipe"] / "final"  # results folder copied elsewhere: run_dir is absolute
+        folder = REPO_ROOT / row["run_dir"] / "final"  # relative to the repository root (absolute in older files)
+        moved = path.parent / "runs" / row["recipe"] / "final"  # the results folder was copied elsewhere
         out.append((folder if folder.exists() or not moved.exists() else moved, row["recipe"]))
     return out
 

@@ -17,6 +17,9 @@ import time
 from pathlib import Path
 
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
 COLUMNS = (
     ("recipe", "recipe", str),
     ("model", "variant", str),
@@ -31,16 +34,23 @@ COLUMNS = (
 )
 
 
+def repo_relative(path: Path) -> Path:
+    """Inside the repository, a path relative to its root (recipes and results then carry no local paths)."""
+    path = path.resolve()
+    return path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
+
+
 def run_recipe(recipe: Path, run_dir: Path, extra_args, skip_existing: bool) -> dict:
-    metrics_path = run_dir / "final" / "metrics.json"
+    recipe, run_dir = repo_relative(recipe), repo_relative(run_dir)
+    metrics_path = REPO_ROOT / run_dir / "final" / "metrics.json"
     if not (skip_existing and metrics_path.exists()):
         command = [sys.executable, "-m", "training.train", str(recipe), "--output_dir", str(run_dir), *extra_args]
         print("running:", " ".join(command), flush=True)
         start = time.time()
-        subprocess.run(command, check=True, cwd=Path(__file__).resolve().parents[1])
+        subprocess.run(command, check=True, cwd=REPO_ROOT)
         print(f"finished {recipe.name} in {time.time() - start:.0f} s", flush=True)
     metrics = json.loads(metrics_path.read_text())
-    config = json.loads((run_dir / "final" / "config.json").read_text())
+    config = json.loads((REPO_ROOT / run_dir / "final" / "config.json").read_text())
     from model_cards.card import variant_name
 
     return {"recipe": recipe.stem, "recipe_path": str(recipe), "variant": variant_name(config), "run_dir": str(run_dir),
@@ -91,8 +101,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    rows = [run_recipe(recipe.resolve(), (args.output_dir / "runs" / recipe.stem).resolve(), extra, args.skip_existing)
-            for recipe in args.recipes]
+    rows = [run_recipe(recipe, args.output_dir / "runs" / recipe.stem, extra, args.skip_existing) for recipe in args.recipes]
     (args.output_dir / "results.json").write_text(json.dumps(rows, indent=2, default=str))
     command = "python -m training.results " + " ".join(str(item) for item in argv + (["--", *extra] if extra else []))
     (args.output_dir / "results.md").write_text(

@@ -301,7 +301,8 @@ def main(argv=None, callbacks=None):
 
     metrics.update({
         "best_validation_accuracy": trainer.state.best_metric,
-        "best_checkpoint": trainer.state.best_model_checkpoint,
+        # relative to output_dir: metrics.json travels with the published folder, local paths should not
+        "best_checkpoint": Path(best).name if (best := trainer.state.best_model_checkpoint) else None,
         "train_runtime": train_result.metrics.get("train_runtime", train_seconds),
         "train_loss": train_result.metrics.get("train_loss"),
         "epochs": trainer.state.epoch,
