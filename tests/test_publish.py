@@ -143,8 +143,11 @@ CHILD = textwrap.dedent(
             logits = model.eval()(**processor(images, return_tensors="pt")).logits
         report[repo_id] = {"revision": revision, "logits": logits.tolist(), "model_module": type(model).__module__,
                            "pipeline": namespace["classifier"](images, top_k=3)}
+    def from_checkout(path):  # this repository's own code; a virtual environment inside the checkout does not count
+        return path.startswith(spec["repo_root"] + "/") and not path.startswith(tuple(spec["site_packages"]))
+
     report["repo_modules"] = sorted(name for name, module in list(sys.modules.items())
-                                    if str(getattr(module, "__file__", None) or "").startswith(spec["repo_root"]))
+                                    if from_checkout(str(getattr(module, "__file__", None) or "")))
     json.dump(report, open(spec["out"], "w"))
     """
 )
