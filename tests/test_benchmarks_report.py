@@ -160,7 +160,7 @@ def test_bf16_training_comparison_flags_non_finite_values_and_measures_the_gap()
     bf16 = {"losses": {10: 2.2, 20: 1.0}, "grad_norms": {10: 1.0, 20: 1.0}, "test_accuracy": 0.8}
     row = bf16_training.compare(fp32, bf16)
     assert row["all_finite"] and row["logged_steps"] == 2
-    assert row["max_relative_loss_gap"] == pytest.approx(0.1) and row["mean_relative_loss_gap"] == pytest.approx(0.05)
+    assert row["max_abs_loss_gap"] == pytest.approx(0.2) and row["mean_abs_loss_gap"] == pytest.approx(0.1)
     bf16["grad_norms"][20] = float("nan")
     assert not bf16_training.compare(fp32, bf16)["all_finite"]
     assert "| **no** |" not in bf16_training.markdown({"fnet": row}, 20, "cmd")  # the finite run reads "yes"
