@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from benchmarks.models import BenchSize, build
+from model_cards.measure import flop_counter
 
 
 @dataclass
@@ -55,29 +56,9 @@ def matmul_peak(device: str, dtype: str) -> dict:
     return {"matmul_gflops": 2 * n**3 / statistics.median(times[1:]) / 1e9}
 
 
-def cpu_flash_attention_flops(query, key, value, *args, **kwargs) -> int:
-    """QK^T and PV of the CPU fused attention kernel (torch's counter only knows the GPU kernels)."""
-    batch, heads, queries, dim = query
-    keys, value_dim = key[-2], value[-1]
-    return 2 * batch * heads * queries * keys * (dim + value_dim)
-
-
-def cpu_flash_attention_backward_flops(grad_out, query, key, value, *args, **kwargs) -> int:
-    """Flash backward: recompute QK^T, then dV = P^T dO, dP = dO V^T, dQ = dS K, dK = dS^T Q."""
-    batch, heads, queries, dim = query
-    keys, value_dim = key[-2], value[-1]
-    return 2 * batch * heads * queries * keys * (3 * dim + 2 * value_dim)
-
-
 def count_train_flops(model, pixels, labels) -> float:
     """FLOPs of one forward + backward, counted by torch's FlopCounterMode (matmuls, convs, attention kernels)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    aten = torch.ops.aten
-    counter = FlopCounterMode(display=False, custom_mapping={
-        aten._scaled_dot_product_flash_attention_for_cpu: cpu_flash_attention_flops,
-        aten._scaled_dot_product_flash_attention_for_cpu_backward: cpu_flash_attention_backward_flops,
-    })
+    counter = flop_counter()
     with counter:
         torch.nn.functional.cross_entropy(model(pixels), labels).backward()
     model.zero_grad(set_to_none=True)

@@ -32,8 +32,8 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from benchmarks.measure import cpu_flash_attention_backward_flops, cpu_flash_attention_flops
 from benchmarks.models import BenchSize, build
+from model_cards.measure import cpu_flash_attention_backward_flops, cpu_flash_attention_flops, flop_counter
 
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -282,13 +282,7 @@ def summarize(events, self_seconds: list[float]) -> dict:
 
 def count_flops(model, pixels, labels) -> dict:
     """FLOPs of one forward + backward, in all and by category (as in `category_of`)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    aten = torch.ops.aten
-    counter = FlopCounterMode(display=False, custom_mapping={
-        aten._scaled_dot_product_flash_attention_for_cpu: cpu_flash_attention_flops,
-        aten._scaled_dot_product_flash_attention_for_cpu_backward: cpu_flash_attention_backward_flops,
-    })
+    counter = flop_counter()
     with counter:
         torch.nn.functional.cross_entropy(model(pixels), labels).backward()
     model.zero_grad(set_to_none=True)

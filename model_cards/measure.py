@@ -9,20 +9,32 @@ from pathlib import Path
 import torch
 
 
-def _cpu_flash_attention_flops(query, key, value, *args, **kwargs) -> int:
+def cpu_flash_attention_flops(query, key, value, *args, **kwargs) -> int:
     """QK^T and PV of torch's fused CPU attention kernel, which FlopCounterMode does not know."""
     batch, heads, queries, dim = query
     return 2 * batch * heads * queries * key[-2] * (dim + value[-1])
 
 
-def count_forward_flops(model: torch.nn.Module, pixel_values: torch.Tensor) -> int:
-    """FLOPs of one forward pass (a multiply-add counts 2); matmuls, convolutions and attention kernels."""
+def cpu_flash_attention_backward_flops(grad_out, query, key, value, *args, **kwargs) -> int:
+    """Flash backward: recompute QK^T, then dV = P^T dO, dP = dO V^T, dQ = dS K, dK = dS^T Q."""
+    batch, heads, queries, dim = query
+    return 2 * batch * heads * queries * key[-2] * (3 * dim + 2 * value[-1])
+
+
+def flop_counter():
+    """torch's FlopCounterMode, taught the CPU attention kernels (a multiply-add counts 2)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     aten = torch.ops.aten
-    counter = FlopCounterMode(display=False, custom_mapping={
-        aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_attention_flops,
+    return FlopCounterMode(display=False, custom_mapping={
+        aten._scaled_dot_product_flash_attention_for_cpu: cpu_flash_attention_flops,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: cpu_flash_attention_backward_flops,
     })
+
+
+def count_forward_flops(model: torch.nn.Module, pixel_values: torch.Tensor) -> int:
+    """FLOPs of one forward pass; matmuls, convolutions and attention kernels."""
+    counter = flop_counter()
     with counter, torch.no_grad():
         model(pixel_values)
     return int(counter.get_total_flops())
@@ -51,4 +63,4 @@ def weights_size_bytes(folder) -> int | None:
     return sum(path.stat().st_size for path in files) if files else None
 
 
-__all__ = ["count_forward_flops", "measure_architecture", "weights_size_bytes"]
+__all__ = ["count_forward_flops", "flop_counter", "measure_architecture", "weights_size_bytes"]
