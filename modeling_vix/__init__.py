@@ -1,9 +1,10 @@
 """ViX: vision transformers with switchable efficient attention, as a transformers model family.
 
-Importing the package registers it with the Auto classes, and makes `save_pretrained` write an `auto_map`
-for AutoConfig, AutoModel, AutoModelForImageClassification and AutoImageProcessor, with the modeling
-files beside the weights, so a saved folder also loads with `trust_remote_code=True` where this package
-is not installed.
+One config class and `model_type` per backbone, as transformers does: `vix` (the ViT), `vix_cct` (CCT) and
+`vix_pit` (PiT), all sharing the mixer settings of `VixMixerConfig`. Importing the package registers them with
+the Auto classes, and makes `save_pretrained` write an `auto_map` for AutoConfig, AutoModel,
+AutoModelForImageClassification and AutoImageProcessor, with the modeling files beside the weights, so a saved
+folder also loads with `trust_remote_code=True` where this package is not installed.
 """
 
 from transformers import (
@@ -13,19 +14,47 @@ from transformers import (
     AutoModelForImageClassification,
 )
 
-from .configuration_vix import VixConfig
+from .configuration_vix import MIXER_CAPABILITIES, VixConfig, VixMixerConfig
+from .configuration_vix_cct import VixCctConfig
+from .configuration_vix_pit import VixPitConfig
 from .image_processing_vix import VixImageProcessor
 from .modeling_vix import VixForImageClassification, VixModel, VixPreTrainedModel
+from .modeling_vix_cct import VixCctForImageClassification, VixCctModel
+from .modeling_vix_pit import VixPitForImageClassification, VixPitModel
 
 
-AutoConfig.register(VixConfig.model_type, VixConfig, exist_ok=True)
-AutoModel.register(VixConfig, VixModel, exist_ok=True)
-AutoModelForImageClassification.register(VixConfig, VixForImageClassification, exist_ok=True)
-AutoImageProcessor.register(VixConfig, image_processor_classes={"pil": VixImageProcessor}, exist_ok=True)
+# model_type -> (config, base model, classification model), one entry per backbone.
+BACKBONES = {
+    "vix": (VixConfig, VixModel, VixForImageClassification),
+    "vix_cct": (VixCctConfig, VixCctModel, VixCctForImageClassification),
+    "vix_pit": (VixPitConfig, VixPitModel, VixPitForImageClassification),
+}
+BACKBONE_CONFIGS = {model_type: classes[0] for model_type, classes in BACKBONES.items()}
 
-VixConfig.register_for_auto_class()
-VixModel.register_for_auto_class("AutoModel")
-VixForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+for config_class, base_model_class, classification_class in BACKBONES.values():
+    AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+    AutoModel.register(config_class, base_model_class, exist_ok=True)
+    AutoModelForImageClassification.register(config_class, classification_class, exist_ok=True)
+    AutoImageProcessor.register(config_class, image_processor_classes={"pil": VixImageProcessor}, exist_ok=True)
+    config_class.register_for_auto_class()
+    base_model_class.register_for_auto_class("AutoModel")
+    classification_class.register_for_auto_class("AutoModelForImageClassification")
 VixImageProcessor.register_for_auto_class("AutoImageProcessor")
 
-__all__ = ["VixConfig", "VixForImageClassification", "VixImageProcessor", "VixModel", "VixPreTrainedModel"]
+__all__ = [
+    "BACKBONES",
+    "BACKBONE_CONFIGS",
+    "MIXER_CAPABILITIES",
+    "VixCctConfig",
+    "VixCctForImageClassification",
+    "VixCctModel",
+    "VixConfig",
+    "VixForImageClassification",
+    "VixImageProcessor",
+    "VixMixerConfig",
+    "VixModel",
+    "VixPitConfig",
+    "VixPitForImageClassification",
+    "VixPitModel",
+    "VixPreTrainedModel",
+]

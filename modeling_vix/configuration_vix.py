@@ -1,31 +1,54 @@
-"""VixConfig: a ViT whose token mixer, patch embedding and positions are chosen by config strings.
+"""Configs of ViX: the token-mixer settings every backbone shares, and VixConfig for the flat ViT.
 
-Field names follow HF's ViTConfig where the idea is the same. Defaults are the paper's CIFAR-10 model
-(Jeevan & Sethi 2021): 32x32 input, patch 1 (1024 patches + cls), hidden 128, depth 4, 4 heads of 32,
-MLP 256; Nystrom 64 landmarks, 6 pseudo-inverse iterations, 33-tap residual conv; Performer
-int(d ln d) = 110 features, never redrawn; Linformer k = 64 with shared key/value projection.
+`VixMixerConfig` holds what the paper varies and every ViX backbone (ViT, CCT, PiT, ...) means the same way:
+`attention_type` and the per-mixer settings (`nystrom_*`, `performer_*`, `linformer_*`, ...). Each backbone's
+config subclasses it (one `model_type` per backbone, as transformers does for `cvt` and `levit`) and adds its
+own shape fields. The checks run in `validate_architecture`, v5's hook, at construction and at save time.
 
-Compatibility settings (only for reproducing the authors' `vision-xformer` code exactly; each departs
-from the better default for a stated reason): `nystrom_padding="zeros_front"`, `nystrom_pinv_scale="global"`,
+This module imports no modeling code: what each mixer can do is data (`MIXER_CAPABILITIES`), which the mixer
+classes in `mixers_vix.py` declare they match (tested).
+
+Defaults of `VixConfig` are the paper's CIFAR-10 model (Jeevan & Sethi 2021): 32x32 input, patch 1 (1024
+patches + cls), hidden 128, depth 4, 4 heads of 32, MLP 256; Nystrom 64 landmarks, 6 pseudo-inverse iterations,
+33-tap residual conv; Performer int(d ln d) = 110 features, never redrawn; Linformer k = 64 with shared
+key/value projection.
+
+Compatibility settings (only for reproducing the authors' `vision-xformer` code exactly; each departs from the
+better default for a stated reason): `nystrom_padding="zeros_front"`, `nystrom_pinv_scale="global"`,
 `linformer_one_kv_head=True`, `linformer_values_from_keys=True`, `patch_embedding_norm=True`,
 `performer_key_stabilizer="global"`.
 """
 
+from dataclasses import dataclass
+from typing import Literal
+
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
-from .mixers_vix import MIXERS
+
+@dataclass(frozen=True)
+class MixerCapabilities:
+    """What a token mixer can do; configs read this to refuse impossible combinations before a model exists."""
+
+    returns_attention_weights: bool  # has a real (B, H, N, keys) attention map (with attn_implementation="eager")
+    supports_rope: bool  # has queries and keys that RoPE can rotate
+    fixed_sequence_length: bool  # owns parameters sized by the token count
 
 
-EMBEDDING_TYPES = ("linear", "conv")
-POSITION_EMBEDDING_TYPES = ("learned", "rope_1d", "rope_2d", "none")
-POOLING_TYPES = ("cls", "mean")
-CONV_STEM_ACTIVATIONS = ("none", "relu", "gelu")
-CONV_STEM_DOWNSAMPLINGS = ("last_conv", "max_pool")
-PERFORMER_KERNELS = ("softmax", "relu")
-NYSTROM_PADDINGS = ("none", "zeros_front")
-NYSTROM_PINV_SCALES = ("per_head", "global")
-PERFORMER_KEY_STABILIZERS = ("per_head", "global")
+MIXER_CAPABILITIES: dict[str, MixerCapabilities] = {
+    "softmax": MixerCapabilities(returns_attention_weights=True, supports_rope=True, fixed_sequence_length=False),
+    "performer": MixerCapabilities(returns_attention_weights=True, supports_rope=True, fixed_sequence_length=False),
+    "linformer": MixerCapabilities(returns_attention_weights=True, supports_rope=True, fixed_sequence_length=True),
+    "nystrom": MixerCapabilities(returns_attention_weights=True, supports_rope=True, fixed_sequence_length=False),
+    "fnet": MixerCapabilities(returns_attention_weights=False, supports_rope=False, fixed_sequence_length=False),
+    "mixer": MixerCapabilities(returns_attention_weights=False, supports_rope=False, fixed_sequence_length=True),
+}
+ATTENTION_MIXERS = tuple(name for name, can in MIXER_CAPABILITIES.items() if can.supports_rope)
+
+AttentionType = Literal["softmax", "performer", "linformer", "nystrom", "fnet", "mixer"]
+# Activations from transformers' ACT2FN that make sense in a vision MLP.
+HiddenAct = Literal["gelu", "gelu_new", "gelu_pytorch_tanh", "quick_gelu", "relu", "silu", "swish", "mish", "hardswish"]
+
 # Settings that exist only to reproduce the authors' code exactly, with their recommended defaults.
 COMPATIBILITY_DEFAULTS = {
     "nystrom_padding": "none",
@@ -37,18 +60,134 @@ COMPATIBILITY_DEFAULTS = {
 }
 
 
-def _check_choice(name: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is not supported; choose one of {', '.join(map(repr, choices))}.")
+def require_at_least(config, minimum, *names) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and value < minimum:
+            raise ValueError(f"{name} must be at least {minimum}; got {value}.")
+
+
+def require_positive_sizes(name: str, values) -> None:
+    if not values or any(value < 1 for value in values):
+        raise ValueError(f"{name} must be a non-empty list of positive integers; got {list(values)}.")
 
 
 @strict
-class VixConfig(PreTrainedConfig):
+class VixMixerConfig(PreTrainedConfig):
     r"""
-    Configuration of a ViX model. Beyond HF ViT's fields:
+    The token-mixer settings shared by every ViX backbone (not a model of its own).
 
     attention_type (`str`, defaults to `"softmax"`):
         Token mixer: `softmax` (ViT), `performer` (ViP), `linformer` (ViL), `nystrom` (ViN), `fnet`, `mixer`.
+    hidden_act (`str`, `"gelu"`), layer_norm_eps (`float`, 1e-5), initializer_range (`float`, 0.02),
+    hidden_dropout_prob (`float`, 0.0), attention_probs_dropout_prob (`float`, 0.0), qkv_bias (`bool`, False):
+        As in transformers' ViT.
+    rope_theta (`float`, defaults to 10000.0): RoPE base, where a backbone takes rotary positions.
+    nystrom_num_landmarks (`int`, 64), nystrom_pinv_iterations (`int`, 6),
+    nystrom_residual_conv_kernel (`int`, 33; 0 disables the depthwise conv on V):
+        Nystromformer settings.
+    nystrom_padding (`str`, `"none"`):
+        `none`: when the landmark count does not divide the token count, landmarks average runs of unequal
+        length, with no padding. `zeros_front` (compatibility): prepend zero tokens as the official code does;
+        they enter the landmarks and the softmaxes.
+    nystrom_pinv_scale (`str`, `"per_head"`):
+        Scale of the pseudo-inverse's initial guess, per matrix (`per_head`), or over the whole batch
+        (`global`, compatibility: then a sample's output depends on its batch).
+    performer_num_features (`int`, *optional*): random features; default int(d ln d) for head dim d (110 at 32).
+    performer_kernel (`str`, `"softmax"`): `softmax` (FAVOR+ positive features) or `relu`.
+    performer_redraw_interval (`int`, 0): redraw the features every that many training calls (0 = never).
+    performer_key_stabilizer (`str`, `"per_head"`):
+        The constant subtracted from the key-feature logits before exp(): one per sample and head, or one over
+        the whole batch (`global`, compatibility with the performer-pytorch 1.0 copy in the authors' ViP; it
+        cancels in the normalisation except through FAVOR+'s +1e-4, so a sample then depends on its batch).
+    linformer_k (`int`, 64): projected sequence length.
+    linformer_share_kv (`bool`, True): one sequence projection for keys and values (E = F).
+    linformer_one_kv_head (`bool`, False; compatibility): one key/value head shared by all heads.
+    linformer_values_from_keys (`bool`, False; compatibility): V = K (no `v_proj`), as in the `linformer` package.
+    mixer_token_expansion (`float`, 1.0): hidden size of the token-mixing MLP, relative to the token count.
+    """
+
+    attention_type: AttentionType = "softmax"
+    hidden_act: HiddenAct = "gelu"
+    hidden_dropout_prob: float | int = 0.0
+    attention_probs_dropout_prob: float | int = 0.0
+    layer_norm_eps: float = 1e-5
+    qkv_bias: bool = False
+    initializer_range: float = 0.02
+    rope_theta: float | int = 10000.0
+
+    nystrom_num_landmarks: int = 64
+    nystrom_pinv_iterations: int = 6
+    nystrom_residual_conv_kernel: int = 33
+    nystrom_padding: Literal["none", "zeros_front"] = "none"
+    nystrom_pinv_scale: Literal["per_head", "global"] = "per_head"
+
+    performer_num_features: int | None = None
+    performer_kernel: Literal["softmax", "relu"] = "softmax"
+    performer_redraw_interval: int = 0
+    performer_key_stabilizer: Literal["per_head", "global"] = "per_head"
+
+    linformer_k: int = 64
+    linformer_share_kv: bool = True
+    linformer_one_kv_head: bool = False
+    linformer_values_from_keys: bool = False
+
+    mixer_token_expansion: float | int = 1.0
+
+    @property
+    def mixer_capabilities(self) -> MixerCapabilities:
+        return MIXER_CAPABILITIES[self.attention_type]
+
+    def validate_architecture(self):
+        """Values the mixers can't use, as a ValueError that says what is allowed."""
+        super().validate_architecture()
+        require_at_least(self, 1, "nystrom_num_landmarks", "nystrom_pinv_iterations", "linformer_k",
+                         "performer_num_features")
+        if not 0 <= self.hidden_dropout_prob < 1 or not 0 <= self.attention_probs_dropout_prob < 1:
+            raise ValueError("Dropout probabilities must lie in [0, 1).")
+        if not self.layer_norm_eps > 0:
+            raise ValueError(f"layer_norm_eps must be positive (it keeps LayerNorm finite); got {self.layer_norm_eps}.")
+        if not self.initializer_range >= 0:
+            raise ValueError(f"initializer_range is a standard deviation, so at least 0; got {self.initializer_range}.")
+        if not self.rope_theta > 0:
+            raise ValueError(f"rope_theta is the RoPE frequency base and must be positive; got {self.rope_theta}.")
+        if self.num_labels < 0:
+            raise ValueError(f"num_labels must be at least 0 (0 = no classifier, features out); got {self.num_labels}.")
+        if self.nystrom_residual_conv_kernel < 0 or (
+            self.nystrom_residual_conv_kernel and self.nystrom_residual_conv_kernel % 2 == 0
+        ):
+            raise ValueError(
+                f"nystrom_residual_conv_kernel must be odd (to keep the token count) or 0 to disable it; "
+                f"got {self.nystrom_residual_conv_kernel}."
+            )
+        if self.performer_redraw_interval < 0:
+            raise ValueError("performer_redraw_interval must be >= 0 (0 = never redraw).")
+        if self.mixer_token_expansion <= 0:
+            raise ValueError(f"mixer_token_expansion must be positive; got {self.mixer_token_expansion}.")
+
+    def check_rope(self, position_embedding_type: str, head_dims) -> None:
+        """RoPE needs queries and keys, and pairs (1D) or quadruples (2D) of channels in every head."""
+        if not position_embedding_type.startswith("rope"):
+            return
+        if not self.mixer_capabilities.supports_rope:
+            raise ValueError(
+                f"attention_type={self.attention_type!r} has no queries or keys, so RoPE cannot be applied; use "
+                f"position_embedding_type='learned' or 'none', or an attention mixer ({', '.join(ATTENTION_MIXERS)})."
+            )
+        multiple, what = (2, "even") if position_embedding_type == "rope_1d" else (4, "a multiple of 4")
+        for head_dim in head_dims:
+            if head_dim % multiple:
+                pairs = "pairs of channels" if multiple == 2 else "channel pairs along rows and columns"
+                raise ValueError(f"{position_embedding_type} rotates {pairs}: the head dim ({head_dim}) must be {what}.")
+
+
+@strict
+class VixConfig(VixMixerConfig):
+    r"""
+    Configuration of a ViX model: a ViT whose token mixer, patch embedding and positions are chosen by config
+    strings. Field names follow HF's ViTConfig where the idea is the same. Beyond them and the mixer settings
+    of `VixMixerConfig`:
+
     embedding_type (`str`, defaults to `"linear"`):
         `linear` patch projection, or `conv`: the paper's 3-conv "hybrid" stem.
     position_embedding_type (`str`, defaults to `"learned"`):
@@ -73,29 +212,6 @@ class VixConfig(PreTrainedConfig):
         must be 2 ** (number of stem convs), e.g. 4 with `conv_stem_channels=[32]`.
     patch_embedding_norm (`bool`, defaults to False; compatibility):
         LayerNorm before and after the linear patch projection, as in the authors' `vision-xformer` package.
-    rope_theta (`float`, defaults to 10000.0): RoPE base.
-    nystrom_num_landmarks (`int`, 64), nystrom_pinv_iterations (`int`, 6),
-    nystrom_residual_conv_kernel (`int`, 33; 0 disables the depthwise conv on V):
-        Nystromformer settings.
-    nystrom_padding (`str`, `"none"`):
-        `none`: when the landmark count does not divide the token count, landmarks average runs of unequal
-        length, with no padding. `zeros_front` (compatibility): prepend zero tokens as the official code does;
-        they enter the landmarks and the softmaxes.
-    nystrom_pinv_scale (`str`, `"per_head"`):
-        Scale of the pseudo-inverse's initial guess, per matrix (`per_head`), or over the whole batch
-        (`global`, compatibility: then a sample's output depends on its batch).
-    performer_num_features (`int`, *optional*): random features; default int(d ln d) for head dim d (110 at 32).
-    performer_kernel (`str`, `"softmax"`): `softmax` (FAVOR+ positive features) or `relu`.
-    performer_redraw_interval (`int`, 0): redraw the features every that many training calls (0 = never).
-    performer_key_stabilizer (`str`, `"per_head"`):
-        The constant subtracted from the key-feature logits before exp(): one per sample and head, or one over
-        the whole batch (`global`, compatibility with the performer-pytorch 1.0 copy in the authors' ViP; it
-        cancels in the normalisation except through FAVOR+'s +1e-4, so a sample then depends on its batch).
-    linformer_k (`int`, 64): projected sequence length.
-    linformer_share_kv (`bool`, True): one sequence projection for keys and values (E = F).
-    linformer_one_kv_head (`bool`, False; compatibility): one key/value head shared by all heads.
-    linformer_values_from_keys (`bool`, False; compatibility): V = K (no `v_proj`), as in the `linformer` package.
-    mixer_token_expansion (`float`, 1.0): hidden size of the token-mixing MLP, relative to the token count.
 
     Example:
 
@@ -115,50 +231,23 @@ class VixConfig(PreTrainedConfig):
     num_hidden_layers: int = 4
     num_attention_heads: int = 4
     intermediate_size: int = 256
-    hidden_act: str = "gelu"
-    hidden_dropout_prob: float | int = 0.0
-    attention_probs_dropout_prob: float | int = 0.0
-    layer_norm_eps: float = 1e-5
-    qkv_bias: bool = False
-    initializer_range: float = 0.02
     head_dim: int | None = None
 
-    attention_type: str = "softmax"
-    embedding_type: str = "linear"
-    position_embedding_type: str = "learned"
-    pooling: str = "cls"
+    embedding_type: Literal["linear", "conv"] = "linear"
+    position_embedding_type: Literal["learned", "rope_1d", "rope_2d", "none"] = "learned"
+    pooling: Literal["cls", "mean"] = "cls"
     use_distillation_token: bool = False
     use_distillation_head: bool = False
 
     conv_stem_channels: list[int] | tuple[int, ...] = (32, 64)
-    conv_stem_activation: str = "none"
-    conv_stem_downsampling: str = "last_conv"
+    conv_stem_activation: Literal["none", "relu", "gelu"] = "none"
+    conv_stem_downsampling: Literal["last_conv", "max_pool"] = "last_conv"
     patch_embedding_norm: bool = False
-    rope_theta: float | int = 10000.0
-
-    nystrom_num_landmarks: int = 64
-    nystrom_pinv_iterations: int = 6
-    nystrom_residual_conv_kernel: int = 33
-    nystrom_padding: str = "none"
-    nystrom_pinv_scale: str = "per_head"
-
-    performer_num_features: int | None = None
-    performer_kernel: str = "softmax"
-    performer_redraw_interval: int = 0
-    performer_key_stabilizer: str = "per_head"
-
-    linformer_k: int = 64
-    linformer_share_kv: bool = True
-    linformer_one_kv_head: bool = False
-    linformer_values_from_keys: bool = False
-
-    mixer_token_expansion: float | int = 1.0
 
     def __post_init__(self, **kwargs):
         self.conv_stem_channels = list(self.conv_stem_channels)
         if not isinstance(self.image_size, int):
             self.image_size = list(self.image_size)
-        self.check_combinations()
         super().__post_init__(**kwargs)
 
     @property
@@ -176,47 +265,35 @@ class VixConfig(PreTrainedConfig):
         return height // self.patch_size, width // self.patch_size
 
     @property
+    def num_prefix_tokens(self) -> int:
+        return int(self.pooling == "cls") + int(self.use_distillation_token)
+
+    @property
     def num_tokens(self) -> int:
         """Tokens the mixers see at the configured image size: patches plus prefix tokens (cls, distillation)."""
         height, width = self.grid_size
-        return height * width + int(self.pooling == "cls") + int(self.use_distillation_token)
+        return height * width + self.num_prefix_tokens
 
-    def check_combinations(self) -> None:
-        """Raise ValueError for an unknown value or an impossible combination, saying what to do instead.
-
-        Runs at construction and again when a model is built from the config (fields may change in between).
-        """
-        _check_choice("attention_type", self.attention_type, tuple(MIXERS))
-        _check_choice("embedding_type", self.embedding_type, EMBEDDING_TYPES)
-        _check_choice("position_embedding_type", self.position_embedding_type, POSITION_EMBEDDING_TYPES)
-        _check_choice("pooling", self.pooling, POOLING_TYPES)
-        _check_choice("conv_stem_activation", self.conv_stem_activation, CONV_STEM_ACTIVATIONS)
-        _check_choice("conv_stem_downsampling", self.conv_stem_downsampling, CONV_STEM_DOWNSAMPLINGS)
-        _check_choice("performer_kernel", self.performer_kernel, PERFORMER_KERNELS)
-        _check_choice("nystrom_padding", self.nystrom_padding, NYSTROM_PADDINGS)
-        _check_choice("nystrom_pinv_scale", self.nystrom_pinv_scale, NYSTROM_PINV_SCALES)
-        _check_choice("performer_key_stabilizer", self.performer_key_stabilizer, PERFORMER_KEY_STABILIZERS)
-
+    def validate_architecture(self):
+        """Raise ValueError for an impossible value or combination, saying what to do instead."""
+        super().validate_architecture()
         if isinstance(self.image_size, list) and len(self.image_size) != 2:
             raise ValueError(f"image_size must be an int or [height, width]; got {self.image_size}.")
-        for name in ("patch_size", "num_channels", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                     "intermediate_size", "nystrom_num_landmarks", "nystrom_pinv_iterations", "linformer_k"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1; got {getattr(self, name)}.")
+        if min(self.image_size_hw) < 1:
+            raise ValueError(f"image_size must be positive; got {self.image_size}.")
+        require_at_least(self, 1, "patch_size", "num_channels", "hidden_size", "num_hidden_layers",
+                         "num_attention_heads", "intermediate_size", "head_dim")
         height, width = self.image_size_hw
         if height % self.patch_size or width % self.patch_size:
             raise ValueError(
                 f"image_size {height}x{width} is not divisible by patch_size {self.patch_size}; "
                 "choose a patch size that divides both sides."
             )
-        if self.head_dim is not None and self.head_dim < 1:
-            raise ValueError(f"head_dim must be at least 1 or None; got {self.head_dim}.")
         if self.head_dim is None and self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads ({self.num_attention_heads}), "
                 "or set head_dim explicitly."
             )
-        head_dim = self.attention_head_dim
         if self.use_distillation_token and self.pooling != "cls":
             raise ValueError("use_distillation_token (DeiT) needs pooling='cls': the distillation token sits after cls.")
         if self.use_distillation_head and not self.use_distillation_token:
@@ -239,35 +316,7 @@ class VixConfig(PreTrainedConfig):
                 f"patch_size must be {2**num_stem_convs}; got {self.patch_size}. Change patch_size or the number of "
                 "conv_stem_channels."
             )
-        if not 0 <= self.hidden_dropout_prob < 1 or not 0 <= self.attention_probs_dropout_prob < 1:
-            raise ValueError("Dropout probabilities must lie in [0, 1).")
-
-        mixer = MIXERS[self.attention_type]
-        uses_rope = self.position_embedding_type.startswith("rope")
-        if uses_rope and not mixer.supports_rope:
-            raise ValueError(
-                f"attention_type={self.attention_type!r} has no queries or keys, so RoPE cannot be applied; use "
-                "position_embedding_type='learned' or 'none', or an attention mixer (softmax, performer, linformer, nystrom)."
-            )
-        if self.position_embedding_type == "rope_1d" and head_dim % 2:
-            raise ValueError(f"rope_1d rotates pairs of channels: the head dim ({head_dim}) must be even.")
-        if self.position_embedding_type == "rope_2d" and head_dim % 4:
-            raise ValueError(
-                f"rope_2d rotates channel pairs along rows and columns: the head dim ({head_dim}) must be a multiple of 4."
-            )
-        if self.nystrom_residual_conv_kernel < 0 or (
-            self.nystrom_residual_conv_kernel and self.nystrom_residual_conv_kernel % 2 == 0
-        ):
-            raise ValueError(
-                f"nystrom_residual_conv_kernel must be odd (to keep the token count) or 0 to disable it; "
-                f"got {self.nystrom_residual_conv_kernel}."
-            )
-        if self.performer_num_features is not None and self.performer_num_features < 1:
-            raise ValueError(f"performer_num_features must be at least 1 or None; got {self.performer_num_features}.")
-        if self.performer_redraw_interval < 0:
-            raise ValueError("performer_redraw_interval must be >= 0 (0 = never redraw).")
-        if self.mixer_token_expansion <= 0:
-            raise ValueError(f"mixer_token_expansion must be positive; got {self.mixer_token_expansion}.")
+        self.check_rope(self.position_embedding_type, [self.attention_head_dim])
 
 
-__all__ = ["VixConfig"]
+__all__ = ["MIXER_CAPABILITIES", "MixerCapabilities", "VixConfig", "VixMixerConfig"]

@@ -9,6 +9,24 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import initialization as init
+
+
+def check_image_batch(pixel_values: torch.Tensor, num_channels: int) -> None:
+    """A clear error for what every backbone refuses: not (B, C, H, W), an empty batch, the wrong channel count."""
+    if pixel_values.ndim != 4:
+        raise ValueError(
+            f"pixel_values must have shape (batch, channels, height, width); got shape {tuple(pixel_values.shape)}. "
+            "Use VixImageProcessor to turn images into pixel_values."
+        )
+    batch, channels = pixel_values.shape[:2]
+    if batch == 0:
+        raise ValueError("pixel_values is an empty batch (0 images); pass at least one image.")
+    if channels != num_channels:
+        raise ValueError(
+            f"pixel_values have {channels} channels but the model expects {num_channels} "
+            "(config.num_channels). Convert images to RGB (VixImageProcessor does) or set num_channels."
+        )
 
 
 class VixPatchEmbeddings(nn.Module):
@@ -75,29 +93,53 @@ def rope_frequencies(num_pairs: int, base: float = 10000.0) -> torch.Tensor:
     return base ** (-torch.arange(num_pairs, dtype=torch.float32) / num_pairs)
 
 
-def rope_tables(angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """angles (N, D/2) -> cos, sin (N, D), each angle repeated for its interleaved pair (2i, 2i+1)."""
-    angles = angles.repeat_interleave(2, dim=-1)
-    return angles.cos(), angles.sin()
+class VixRotaryEmbedding(nn.Module):
+    """RoPE tables `(cos, sin)`, each (N, D), for a patch grid, computed on the model's device (as DINOv3 does).
 
-
-def rope_1d(height: int, width: int, head_dim: int, num_prefix: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The paper's RoPE: one position per token in raster order, prefix tokens (cls) first, from position 0."""
-    positions = torch.arange(height * width + num_prefix, dtype=torch.float32)
-    return rope_tables(positions[:, None] * rope_frequencies(head_dim // 2, base))
-
-
-def rope_2d(height: int, width: int, head_dim: int, num_prefix: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Axial RoPE: the first half of the pairs rotate with the patch row, the second half with the column.
-
-    Prefix tokens (cls, distillation) are not rotated. Any grid works: nothing here is sized by the config.
+    `rope_1d` is the paper's RoPE: one position per token in raster order, prefix tokens (cls) first, from
+    position 0. `rope_2d` is axial: the first half of the channel pairs rotate with the patch row, the second half
+    with the column, and prefix tokens are not rotated. Each angle is repeated for its interleaved pair (2i, 2i+1).
+    Nothing is sized by the config's image size, so any grid works.
     """
-    frequencies = rope_frequencies(head_dim // 4, base)
-    rows = torch.arange(height, dtype=torch.float32).repeat_interleave(width)  # raster order
-    cols = torch.arange(width, dtype=torch.float32).repeat(height)
-    angles = torch.cat((rows[:, None] * frequencies, cols[:, None] * frequencies), dim=-1)  # (h*w, D/2)
-    angles = torch.cat((angles.new_zeros(num_prefix, angles.shape[-1]), angles))
-    return rope_tables(angles)
+
+    def __init__(self, kind: str, head_dim: int, num_prefix_tokens: int, base: float):
+        super().__init__()
+        self.kind = kind
+        self.head_dim = head_dim
+        self.num_prefix_tokens = num_prefix_tokens
+        self.base = base
+        # Not saved: it is a function of the config. Refilled by `init_weights` after a meta-device load.
+        self.register_buffer("inv_freq", self.compute_inv_freq(), persistent=False)
+
+    def compute_inv_freq(self) -> torch.Tensor:
+        num_pairs = self.head_dim // 2 if self.kind == "rope_1d" else self.head_dim // 4
+        return rope_frequencies(num_pairs, self.base)
+
+    def init_weights(self) -> None:
+        init.copy_(self.inv_freq, self.compute_inv_freq())
+
+    def forward(self, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        device = self.inv_freq.device
+        if self.kind == "rope_1d":
+            positions = torch.arange(height * width + self.num_prefix_tokens, device=device, dtype=torch.float32)
+            angles = positions[:, None] * self.inv_freq  # (N, D/2)
+        else:
+            rows = torch.arange(height, device=device, dtype=torch.float32).repeat_interleave(width)  # raster order
+            cols = torch.arange(width, device=device, dtype=torch.float32).repeat(height)
+            angles = torch.cat((rows[:, None] * self.inv_freq, cols[:, None] * self.inv_freq), dim=-1)  # (h*w, D/2)
+            angles = F.pad(angles, (0, 0, self.num_prefix_tokens, 0))  # prefix tokens: angle 0, no rotation
+        angles = angles.repeat_interleave(2, dim=-1)  # (N, D)
+        return angles.cos(), angles.sin()
+
+
+def sinusoidal_positions(num_tokens: int, dim: int) -> torch.Tensor:
+    """Fixed 1D positions (1, N, C) as in CCT's "sine" option: channel i of token p is sin (i even) or cos (i odd)
+    of p / 10000^(2 floor(i/2) / C)."""
+    positions = torch.arange(num_tokens, dtype=torch.float32)[:, None]
+    exponents = 2 * (torch.arange(dim) // 2).to(torch.float32) / dim
+    angles = positions / 10000**exponents  # (N, C)
+    table = torch.where(torch.arange(dim) % 2 == 0, angles.sin(), angles.cos())
+    return table[None]
 
 
 def resample_position_grid(
@@ -134,21 +176,16 @@ class VixEmbeddings(nn.Module):
         self.position_embeddings = None
         if config.position_embedding_type == "learned":
             self.position_embeddings = nn.Parameter(torch.zeros(1, config.num_tokens, config.hidden_size))
-        self.head_dim = config.attention_head_dim
+        self.rotary_embeddings = None
+        if config.position_embedding_type in ("rope_1d", "rope_2d"):
+            self.rotary_embeddings = VixRotaryEmbedding(
+                config.position_embedding_type, config.attention_head_dim, self.num_prefix_tokens, config.rope_theta
+            )
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def check_pixel_values(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool) -> None:
-        if pixel_values.ndim != 4:
-            raise ValueError(
-                f"pixel_values must have shape (batch, channels, height, width); got shape {tuple(pixel_values.shape)}. "
-                "Use VixImageProcessor to turn images into pixel_values."
-            )
-        _, channels, height, width = pixel_values.shape
-        if channels != self.num_channels:
-            raise ValueError(
-                f"pixel_values have {channels} channels but the model expects {self.num_channels} "
-                "(config.num_channels). Convert images to RGB (VixImageProcessor does) or set num_channels."
-            )
+        check_image_batch(pixel_values, self.num_channels)
+        _, _, height, width = pixel_values.shape
         if height % self.patch_size or width % self.patch_size:
             raise ValueError(
                 f"Image size {height}x{width} is not divisible by the patch size {self.patch_size}. "
@@ -171,6 +208,7 @@ class VixEmbeddings(nn.Module):
         )
 
     def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False):
+        """-> tokens (B, N, C) and the RoPE tables (cos, sin) or None."""
         self.check_pixel_values(pixel_values, interpolate_pos_encoding)
         features = self.patch_embeddings(pixel_values)  # (B, C, h, w)
         grid = tuple(features.shape[-2:])
@@ -180,13 +218,8 @@ class VixEmbeddings(nn.Module):
         embeddings = torch.cat((*prefix, embeddings), dim=1)  # (B, prefix + h*w, C)
         if self.position_embeddings is not None:
             embeddings = embeddings + self.interpolate_pos_encoding(*grid)
-        rope = None
-        position_type = self.config.position_embedding_type
-        if position_type in ("rope_1d", "rope_2d"):
-            make_tables = rope_1d if position_type == "rope_1d" else rope_2d
-            cos, sin = make_tables(*grid, self.head_dim, self.num_prefix_tokens, self.config.rope_theta)
-            rope = (cos.to(embeddings.device), sin.to(embeddings.device))
-        return self.dropout(embeddings), rope, grid
+        rope = None if self.rotary_embeddings is None else self.rotary_embeddings(*grid)
+        return self.dropout(embeddings), rope
 
 
-__all__ = ["VixEmbeddings", "resample_position_grid"]
+__all__ = ["VixEmbeddings", "VixRotaryEmbedding", "check_image_batch", "resample_position_grid", "sinusoidal_positions"]

@@ -1,22 +1,46 @@
-"""Token mixers of ViX: the one part of a ViX layer that the config switches.
+"""Token mixers of ViX: the one part of a layer that the config switches, shared by every backbone.
 
-Every mixer has the same call: tokens `(B, N, C)` in, `(B, N, C)` out plus attention weights (or None),
-with optional RoPE tables `rope=(cos, sin)` and the patch grid `grid=(h, w)` as keyword arguments.
-Each class declares what it can do (class attributes below); `VixConfig` reads these declarations to
-reject impossible combinations before a model is built.
+Every mixer is built as `MIXERS[config.attention_type](config, shape)`: `config` carries the mixer settings
+(`VixMixerConfig`, the same fields on every backbone) and `shape` the layer's own sizes (`MixerShape`: width,
+heads, head dim, token count), so one class serves a ViT layer and every stage of CCT or PiT alike.
+Every mixer has the same call: tokens `(B, N, C)` in, `(B, N, C)` out plus attention weights (or None), with
+optional RoPE tables `position_embeddings=(cos, sin)`; other keyword arguments (transformers' kwargs) pass through.
 
-The four attention mixers (softmax, performer, linformer, nystrom) share the projection names `q_proj`,
-`k_proj`, `v_proj`, `o_proj`, so a softmax checkpoint (ours, HF ViT/DeiT) carries over to each of them.
+Attention maps follow transformers v5: `attn_implementation="eager"` materialises and returns them (for the
+linear mixers too: their implicit N x keys map), while the default fused path (`sdpa`) returns None and warns
+once if `output_attentions` is asked for. FNet and MLP-Mixer have no map in any mode.
+
+Each class declares what it can do (`capabilities`, the same data as `MIXER_CAPABILITIES` that the configs read
+without importing this module). The four attention mixers share the projection names `q_proj`, `k_proj`,
+`v_proj`, `o_proj`, so a softmax checkpoint (ours, HF ViT/DeiT, vit-pytorch) carries over to each of them.
 """
 
 import math
-from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+from transformers import initialization as init
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import logging
+
+from .configuration_vix import MIXER_CAPABILITIES, MixerCapabilities
+
+
+logger = logging.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class MixerShape:
+    """The sizes of one layer's mixer: width, heads, channels per head, and tokens at the configured image size
+    (which Linformer's and MLP-Mixer's parameters are sized by)."""
+
+    hidden_size: int
+    num_heads: int
+    head_dim: int
+    num_tokens: int
 
 
 def rotate_every_two(x: torch.Tensor) -> torch.Tensor:
@@ -51,42 +75,64 @@ def eager_attention_forward(
 
 
 class VixTokenMixer(nn.Module):
-    """Base of all mixers. Subclasses set the three capability flags and implement `forward`."""
+    """Base of all mixers. Subclasses set `capabilities` (from `MIXER_CAPABILITIES`) and implement `forward`."""
 
-    returns_attention_weights: bool = False  # has a real (B, H, N, keys) attention map to return
-    supports_rope: bool = False  # has queries and keys that RoPE can rotate
-    fixed_sequence_length: bool = False  # owns parameters sized by the token count
+    capabilities: MixerCapabilities
+
+    def __init__(self, config, shape: MixerShape):
+        super().__init__()
+        self.config = config
+        self.shape = shape
 
     def forward(
-        self,
-        hidden_states: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-        grid: tuple[int, int] | None = None,
-        output_attentions: bool = False,
-        **kwargs,
+        self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None, **kwargs
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise NotImplementedError
+
+    def init_weights(self) -> None:
+        """Initialise what `PreTrainedModel._init_weights` does not know (called from it, with
+        `transformers.initialization`, which skips tensors loaded from a checkpoint)."""
+
+    def on_training_forward(self) -> None:
+        """Called once per training forward of the model, outside the layers (so an activation-checkpointed
+        layer's recompute in backward does not count twice)."""
+
+    @property
+    def materialize_attention_maps(self) -> bool:
+        """v5's rule: the eager kernel builds the attention map, fused kernels don't."""
+        return self.config._attn_implementation in (None, "eager")
+
+    def warn_if_maps_unavailable(self, kwargs) -> None:
+        if not kwargs.get("output_attentions") or self.materialize_attention_maps:
+            return
+        if self.capabilities.returns_attention_weights:
+            logger.warning_once(
+                f"attention_type={self.config.attention_type!r} with attn_implementation="
+                f"{self.config._attn_implementation!r} does not build attention maps, so none are returned; load or "
+                "set the model with attn_implementation='eager' to get them."
+            )
+        else:
+            logger.warning_once(
+                f"attention_type={self.config.attention_type!r} mixes tokens without attention weights, so no "
+                "attention maps are returned (output_hidden_states works for every mixer)."
+            )
 
 
 class VixQKVMixer(VixTokenMixer):
     """Shared projections of the attention mixers: q/k/v per head, optional RoPE on q and k, output o_proj."""
 
-    returns_attention_weights = True
-    supports_rope = True
-
-    def __init__(self, config, kv_heads: int | None = None):
-        super().__init__()
-        self.config = config
-        self.num_heads = config.num_attention_heads
-        self.head_dim = config.attention_head_dim
+    def __init__(self, config, shape: MixerShape, kv_heads: int | None = None, value_projection: bool = True):
+        super().__init__(config, shape)
+        self.num_heads = shape.num_heads
+        self.head_dim = shape.head_dim
         self.num_kv_heads = kv_heads or self.num_heads
         self.scaling = self.head_dim**-0.5
         self.attention_dropout = config.attention_probs_dropout_prob
         self.is_causal = False  # read by transformers' attention functions
-        hidden, inner, kv_inner = config.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        hidden, inner, kv_inner = shape.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         self.q_proj = nn.Linear(hidden, inner, bias=config.qkv_bias)
         self.k_proj = nn.Linear(hidden, kv_inner, bias=config.qkv_bias)
-        self.v_proj = nn.Linear(hidden, kv_inner, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(hidden, kv_inner, bias=config.qkv_bias) if value_projection else None
         self.o_proj = nn.Linear(inner, hidden)
 
     def split_heads(self, projected: torch.Tensor) -> torch.Tensor:
@@ -120,14 +166,11 @@ class VixQKVMixer(VixTokenMixer):
 class SoftmaxAttention(VixQKVMixer):
     """Exact softmax attention (ViT), through transformers' attention interface (eager / sdpa / flex)."""
 
-    def forward(self, hidden_states, rope=None, grid=None, output_attentions=False, **kwargs):
-        query, key, value = self.project_qkv(hidden_states, rope)
-        implementation = self.config._attn_implementation
-        # sdpa and flex kernels never build the map; the eager path is the one that can return it.
-        if output_attentions or implementation in (None, "eager"):
-            attention: Callable = eager_attention_forward
-        else:
-            attention = ALL_ATTENTION_FUNCTIONS[implementation]
+    capabilities = MIXER_CAPABILITIES["softmax"]
+
+    def forward(self, hidden_states, position_embeddings=None, **kwargs):
+        query, key, value = self.project_qkv(hidden_states, position_embeddings)
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
         context, weights = attention(
             self, query, key, value, None, dropout=self.dropout_p, scaling=self.scaling, **kwargs
         )  # context: (B, N, H, D)
@@ -153,34 +196,47 @@ class PerformerAttention(VixQKVMixer):
     """FAVOR+ (Performer): softmax attention approximated by positive random features, linear in N.
 
     The random projection is a persistent buffer, so it is saved and identical after a reload. It is never
-    redrawn unless `performer_redraw_interval` > 0: then the model calls `count_training_step()` once per
-    training forward (outside the layers, so a checkpointed layer's recompute in backward does not count).
+    redrawn unless `performer_redraw_interval` > 0: then the model calls `on_training_forward()` once per
+    training forward, and the count since the last redraw is a saved buffer too, so a resumed run keeps the
+    schedule (reading it is one host sync per step, only in that mode).
     Feature maps and their contractions run in fp32: exp() of bf16/fp16 logits overflows or loses the ratio.
     """
 
-    def __init__(self, config):
-        super().__init__(config)
+    capabilities = MIXER_CAPABILITIES["performer"]
+
+    def __init__(self, config, shape: MixerShape):
+        super().__init__(config, shape)
         self.kernel = config.performer_kernel
         self.num_features = config.performer_num_features or int(self.head_dim * math.log(self.head_dim))
         self.redraw_interval = config.performer_redraw_interval
         self.global_key_stabilizer = config.performer_key_stabilizer == "global"
-        self.calls_since_redraw = 0
         # Drawn here (a meta tensor while from_pretrained builds the model, then the checkpoint's own matrix).
         projection = gaussian_orthogonal_random_matrix(self.num_features, self.head_dim)
         self.register_buffer("projection_matrix", projection, persistent=True)
+        # Only with redraws: checkpoints of never-redrawn Performers keep their keys.
+        counter = torch.zeros((), dtype=torch.long) if self.redraw_interval > 0 else None
+        self.register_buffer("steps_since_redraw", counter, persistent=True)
+
+    def init_weights(self) -> None:
+        fresh = gaussian_orthogonal_random_matrix(self.num_features, self.head_dim)
+        init.copy_(self.projection_matrix, fresh.to(self.projection_matrix.device))
+        if self.steps_since_redraw is not None:
+            init.zeros_(self.steps_since_redraw)
 
     @torch.no_grad()
     def redraw_projection(self) -> None:
         fresh = gaussian_orthogonal_random_matrix(self.num_features, self.head_dim)
         self.projection_matrix.copy_(fresh.to(self.projection_matrix))
 
-    def count_training_step(self) -> None:
+    @torch.no_grad()
+    def on_training_forward(self) -> None:
         """Redraw the features every `redraw_interval` training steps (interval 0: never)."""
-        if self.redraw_interval > 0:
-            self.calls_since_redraw += 1
-            if self.calls_since_redraw >= self.redraw_interval:
-                self.redraw_projection()
-                self.calls_since_redraw = 0
+        if self.steps_since_redraw is None:
+            return
+        self.steps_since_redraw += 1
+        if int(self.steps_since_redraw) >= self.redraw_interval:
+            self.redraw_projection()
+            self.steps_since_redraw.zero_()
 
     def feature_map(self, x: torch.Tensor, is_query: bool) -> torch.Tensor:
         """phi(x) for x (B, H, N, D) in fp32 -> (B, H, N, M), up to a constant factor.
@@ -220,13 +276,14 @@ class PerformerAttention(VixQKVMixer):
             return context
         return context, (query_features @ key_features.transpose(-1, -2)) / normaliser  # (B, H, N, N)
 
-    def forward(self, hidden_states, rope=None, grid=None, output_attentions=False, **kwargs):
-        query, key, value = self.project_qkv(hidden_states, rope)
+    def forward(self, hidden_states, position_embeddings=None, **kwargs):
+        self.warn_if_maps_unavailable(kwargs)
+        query, key, value = self.project_qkv(hidden_states, position_embeddings)
         input_dtype = value.dtype
         with torch.autocast(device_type=value.device.type, enabled=False):
             query, key, value = query.float(), key.float(), value.float()
             weights = None
-            if output_attentions:
+            if self.materialize_attention_maps:
                 context, weights = self.favor_attention(query, key, value, return_weights=True)
             elif torch.is_grad_enabled():
                 # The (B, H, N, M) feature maps and their exp() intermediates are several times the size of
@@ -247,18 +304,27 @@ class LinformerAttention(VixQKVMixer):
     `linformer_values_from_keys` (V = K, no `v_proj`).
     """
 
-    fixed_sequence_length = True
+    capabilities = MIXER_CAPABILITIES["linformer"]
 
-    def __init__(self, config):
-        super().__init__(config, kv_heads=1 if config.linformer_one_kv_head else None)
-        self.seq_len = config.num_tokens
+    def __init__(self, config, shape: MixerShape):
         self.values_from_keys = config.linformer_values_from_keys
-        if self.values_from_keys:
-            del self.v_proj
+        super().__init__(
+            config, shape, kv_heads=1 if config.linformer_one_kv_head else None, value_projection=not self.values_from_keys
+        )
+        self.seq_len = shape.num_tokens
         self.seq_proj_k = nn.Parameter(torch.empty(self.seq_len, config.linformer_k))
         self.seq_proj_v = None if config.linformer_share_kv else nn.Parameter(torch.empty(self.seq_len, config.linformer_k))
 
-    def forward(self, hidden_states, rope=None, grid=None, output_attentions=False, **kwargs):
+    def init_weights(self) -> None:
+        # The Linformer paper's init of E / F: uniform(+-1/sqrt(k)), so k projected tokens keep unit scale.
+        bound = self.seq_proj_k.shape[-1] ** -0.5
+        for projection in (self.seq_proj_k, self.seq_proj_v):
+            if projection is not None:
+                init.uniform_(projection, -bound, bound)
+
+    def forward(self, hidden_states, position_embeddings=None, **kwargs):
+        self.warn_if_maps_unavailable(kwargs)
+        rope = position_embeddings
         num_tokens = hidden_states.shape[1]
         if num_tokens != self.seq_len:
             raise ValueError(
@@ -275,7 +341,7 @@ class LinformerAttention(VixQKVMixer):
         value = torch.einsum("bhnd,nk->bhkd", value, seq_proj_v.to(value.dtype))
         key = key.expand(-1, self.num_heads, -1, -1)
         value = value.expand(-1, self.num_heads, -1, -1)
-        if output_attentions:
+        if self.materialize_attention_maps:
             context, weights = eager_attention_forward(self, query, key, value, None, self.scaling, self.dropout_p)
             context = context.transpose(1, 2)  # back to (B, H, N, D)
         else:
@@ -364,8 +430,10 @@ class NystromAttention(VixQKVMixer):
     behaviour (zero tokens prepended, part of the landmarks and of the softmaxes) for exact reproduction.
     """
 
-    def __init__(self, config):
-        super().__init__(config)
+    capabilities = MIXER_CAPABILITIES["nystrom"]
+
+    def __init__(self, config, shape: MixerShape):
+        super().__init__(config, shape)
         self.num_landmarks = config.nystrom_num_landmarks
         self.pinv_iterations = config.nystrom_pinv_iterations
         self.pad_zeros_front = config.nystrom_padding == "zeros_front"
@@ -386,7 +454,9 @@ class NystromAttention(VixQKVMixer):
             )
         return iterative_pinv(kernel, self.pinv_iterations, self.per_matrix_pinv_scale)
 
-    def forward(self, hidden_states, rope=None, grid=None, output_attentions=False, **kwargs):
+    def forward(self, hidden_states, position_embeddings=None, **kwargs):
+        self.warn_if_maps_unavailable(kwargs)
+        rope = position_embeddings
         num_tokens = hidden_states.shape[1]
         num_padding = 0
         if self.pad_zeros_front and num_tokens % self.num_landmarks:
@@ -406,7 +476,7 @@ class NystromAttention(VixQKVMixer):
             kernel = torch.softmax(query_landmarks.float() @ key_landmarks.float().transpose(-1, -2) * self.scaling, -1)
             kernel_pinv = self.pseudo_inverse(kernel)  # (B, H, m, m)
 
-        if output_attentions:
+        if self.materialize_attention_maps:
             left = torch.softmax(query @ key_landmarks.transpose(-1, -2) * self.scaling, -1, dtype=torch.float32)
             right = torch.softmax(query_landmarks @ key.transpose(-1, -2) * self.scaling, -1, dtype=torch.float32)
             weights = (left @ kernel_pinv @ right).to(input_dtype)  # (B, H, N, N)
@@ -445,10 +515,10 @@ class RealFourierTransform2d(torch.autograd.Function):
 class FNetMixer(VixTokenMixer):
     """FNet: the real part of the 2D discrete Fourier transform over (tokens, hidden). No parameters."""
 
-    def __init__(self, config):
-        super().__init__()
+    capabilities = MIXER_CAPABILITIES["fnet"]
 
-    def forward(self, hidden_states, rope=None, grid=None, output_attentions=False, **kwargs):
+    def forward(self, hidden_states, position_embeddings=None, **kwargs):
+        self.warn_if_maps_unavailable(kwargs)
         # torch has no half-precision FFT on CPU (and only power-of-two sizes on GPU): compute in fp32.
         with torch.autocast(device_type=hidden_states.device.type, enabled=False):
             mixed = RealFourierTransform2d.apply(hidden_states.float())
@@ -458,18 +528,19 @@ class FNetMixer(VixTokenMixer):
 class TokenMixingMLP(VixTokenMixer):
     """MLP-Mixer's token mixing: one MLP across the N tokens, shared by all channels."""
 
-    fixed_sequence_length = True
+    capabilities = MIXER_CAPABILITIES["mixer"]
 
-    def __init__(self, config):
-        super().__init__()
-        self.seq_len = config.num_tokens
+    def __init__(self, config, shape: MixerShape):
+        super().__init__(config, shape)
+        self.seq_len = shape.num_tokens
         hidden = max(1, int(self.seq_len * config.mixer_token_expansion))
         self.fc1 = nn.Linear(self.seq_len, hidden)
         self.activation = nn.GELU()
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.fc2 = nn.Linear(hidden, self.seq_len)
 
-    def forward(self, hidden_states, rope=None, grid=None, output_attentions=False, **kwargs):
+    def forward(self, hidden_states, position_embeddings=None, **kwargs):
+        self.warn_if_maps_unavailable(kwargs)
         num_tokens = hidden_states.shape[1]
         if num_tokens != self.seq_len:
             raise ValueError(
@@ -490,4 +561,12 @@ MIXERS: dict[str, type[VixTokenMixer]] = {
     "mixer": TokenMixingMLP,
 }
 
-__all__ = ["MIXERS", "VixTokenMixer", "apply_rotary"]
+def notify_training_forward(model: nn.Module) -> None:
+    """Once per training forward of a model: let every mixer keep its per-step state (Performer redraws)."""
+    if model.training:
+        for module in model.modules():
+            if isinstance(module, VixTokenMixer):
+                module.on_training_forward()
+
+
+__all__ = ["MIXERS", "MixerShape", "VixTokenMixer", "apply_rotary", "notify_training_forward"]

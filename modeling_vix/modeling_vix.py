@@ -1,4 +1,5 @@
-"""ViX models: a pre-norm ViT whose token mixer is chosen by `config.attention_type`.
+"""ViX models: a pre-norm ViT whose token mixer is chosen by `config.attention_type`, and the parts every ViX
+backbone shares (the MLP, the pre-norm layer, stochastic depth, the pretrained-model base).
 
 Layout and checkpoint names follow transformers' v5 ViT: `vix.embeddings.*`, `vix.layers.N.attention.q_proj`,
 `vix.layers.N.mlp.fc1`, `vix.layernorm`, `classifier`.
@@ -12,76 +13,138 @@ from transformers.dynamic_module_utils import custom_object_save
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.modeling_utils import PreTrainedModel
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_vix import VixConfig
-from .embeddings_vix import VixEmbeddings
+from .embeddings_vix import VixEmbeddings, VixRotaryEmbedding
 from .image_processing_vix import VixImageProcessor
-from .mixers_vix import MIXERS, LinformerAttention, PerformerAttention, VixTokenMixer
+from .mixers_vix import MIXERS, MixerShape, VixTokenMixer, notify_training_forward
 
 
 class VixMLP(nn.Module):
-    def __init__(self, config: VixConfig):
+    def __init__(self, config, hidden_size: int, intermediate_size: int):
         super().__init__()
-        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.fc1 = nn.Linear(hidden_size, intermediate_size)
         self.activation_fn = ACT2FN[config.hidden_act]
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.fc2 = nn.Linear(intermediate_size, hidden_size)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.dropout(self.activation_fn(self.fc1(hidden_states))))
 
 
-class VixLayer(GradientCheckpointingLayer):
-    """x = x + mixer(norm(x)); x = x + mlp(norm(x)). Only the mixer changes between ViX variants."""
+class VixDropPath(nn.Module):
+    """Stochastic depth: in training, drop a residual branch for a whole sample with probability p and scale the
+    kept ones by 1 / (1 - p); the identity in eval mode (and when p = 0)."""
 
-    def __init__(self, config: VixConfig):
+    def __init__(self, drop_prob: float = 0.0):
         super().__init__()
-        self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.attention = MIXERS[config.attention_type](config)
-        self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.mlp = VixMLP(config)
+        self.drop_prob = drop_prob
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return hidden_states
+        keep_prob = 1.0 - self.drop_prob
+        keep = torch.rand((hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1), device=hidden_states.device)
+        return hidden_states * (keep < keep_prob).to(hidden_states.dtype) / keep_prob
+
+    def extra_repr(self) -> str:
+        return f"p={self.drop_prob}"
+
+
+class VixLayer(GradientCheckpointingLayer):
+    """x = x + mixer(norm(x)); x = x + mlp(norm(x)). Only the mixer changes between ViX variants.
+
+    The ViT and PiT's stages use it with their own sizes (`shape`, `intermediate_size`); `drop_path_rate` is
+    stochastic depth on both residual branches (0 = off). CCT's block differs in one place, which
+    `normalize_stream_before_mlp` switches: the residual stream itself is normalised after the mixer,
+    x = norm(x + mixer(norm(x))); x = x + mlp(x), as in the official CCT code.
+    """
+
+    def __init__(
+        self,
+        config,
+        shape: MixerShape,
+        intermediate_size: int,
+        drop_path_rate: float = 0.0,
+        normalize_stream_before_mlp: bool = False,
+    ):
+        super().__init__()
+        self.normalize_stream_before_mlp = normalize_stream_before_mlp
+        self.layernorm_before = nn.LayerNorm(shape.hidden_size, eps=config.layer_norm_eps)
+        self.attention = MIXERS[config.attention_type](config, shape)
+        self.layernorm_after = nn.LayerNorm(shape.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = VixMLP(config, shape.hidden_size, intermediate_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.drop_path = VixDropPath(drop_path_rate)
 
-    def forward(self, hidden_states: torch.Tensor, rope=None, grid=None, output_attentions=False, **kwargs):
-        mixed, _ = self.attention(
-            self.layernorm_before(hidden_states), rope=rope, grid=grid, output_attentions=output_attentions, **kwargs
-        )
-        hidden_states = hidden_states + self.dropout(mixed)
-        return hidden_states + self.dropout(self.mlp(self.layernorm_after(hidden_states)))
-
-
-# Where each Auto class finds its ViX class in a saved folder (files copied beside the weights).
-AUTO_MAP = {
-    "AutoConfig": "configuration_vix.VixConfig",
-    "AutoModel": "modeling_vix.VixModel",
-    "AutoModelForImageClassification": "modeling_vix.VixForImageClassification",
-    "AutoImageProcessor": "image_processing_vix.VixImageProcessor",
-}
+    def forward(
+        self, hidden_states: torch.Tensor, position_embeddings=None, **kwargs: Unpack[TransformersKwargs]
+    ) -> torch.Tensor:
+        mixed, _ = self.attention(self.layernorm_before(hidden_states), position_embeddings=position_embeddings, **kwargs)
+        hidden_states = hidden_states + self.drop_path(self.dropout(mixed))
+        if self.normalize_stream_before_mlp:
+            hidden_states = self.layernorm_after(hidden_states)
+            return hidden_states + self.drop_path(self.dropout(self.mlp(hidden_states)))
+        return hidden_states + self.drop_path(self.dropout(self.mlp(self.layernorm_after(hidden_states))))
 
 
-class VixPreTrainedModel(PreTrainedModel):
-    config: VixConfig
-    config_class = VixConfig
-    base_model_prefix = "vix"
+def vit_mixer_shape(config: VixConfig) -> MixerShape:
+    return MixerShape(config.hidden_size, config.num_attention_heads, config.attention_head_dim, config.num_tokens)
+
+
+class VixBasePreTrainedModel(PreTrainedModel):
+    """What every ViX backbone's `PreTrainedModel` shares: weight init of the shared parts, the config check at
+    build time, and a saved folder that loads with `trust_remote_code=True` through all four Auto classes."""
+
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
-    _no_split_modules = ["VixEmbeddings", "VixLayer"]
     _supports_sdpa = True
     _supports_flex_attn = True
+    _can_compile_fullgraph = True  # every mixer, tested (a Performer with redraws breaks the graph once per step)
     _can_record_outputs = {"hidden_states": VixLayer, "attentions": VixTokenMixer}
+    # Where each Auto class finds this backbone's classes in a saved folder (files copied beside the weights).
+    auto_map: dict[str, str] = {}
+
+    def __init__(self, config, *inputs, **kwargs):
+        # Fields may have been changed one by one since construction; the config's own checks say what is wrong.
+        config.validate()
+        super().__init__(config, *inputs, **kwargs)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """As `PreTrainedModel.save_pretrained`, with an `auto_map` for all four Auto classes (transformers
         records only the class being saved) and every modeling file, the image processor's included."""
-        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **AUTO_MAP}
+        self.config.auto_map = {
+            **(getattr(self.config, "auto_map", None) or {}),
+            **self.auto_map,
+            "AutoImageProcessor": "image_processing_vix.VixImageProcessor",
+        }
         super().save_pretrained(save_directory, *args, **kwargs)
         custom_object_save(VixImageProcessor(), save_directory)
 
     def _init_weights(self, module):
         super()._init_weights(module)  # Linear / Conv: normal(initializer_range), LayerNorm: ones / zeros
+        if isinstance(module, (VixTokenMixer, VixRotaryEmbedding)):
+            module.init_weights()
+
+
+class VixPreTrainedModel(VixBasePreTrainedModel):
+    config: VixConfig
+    config_class = VixConfig
+    base_model_prefix = "vix"
+    _no_split_modules = ["VixEmbeddings", "VixLayer"]
+    auto_map = {
+        "AutoConfig": "configuration_vix.VixConfig",
+        "AutoModel": "modeling_vix.VixModel",
+        "AutoModelForImageClassification": "modeling_vix.VixForImageClassification",
+    }
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
         std = self.config.initializer_range
         if isinstance(module, VixEmbeddings):
             if module.position_embeddings is not None:
@@ -89,24 +152,17 @@ class VixPreTrainedModel(PreTrainedModel):
             for token in (module.cls_token, module.distillation_token):
                 if token is not None:
                     init.trunc_normal_(token, std=std)
-        elif isinstance(module, LinformerAttention):
-            # The Linformer paper's init of E / F: uniform(+-1/sqrt(k)), so k projected tokens keep unit scale.
-            bound = module.seq_proj_k.shape[-1] ** -0.5
-            for projection in (module.seq_proj_k, module.seq_proj_v):
-                if projection is not None:
-                    init.uniform_(projection, -bound, bound)
-        elif isinstance(module, PerformerAttention):
-            if not getattr(module.projection_matrix, "_is_hf_initialized", False):
-                module.redraw_projection()
 
 
 class VixModel(VixPreTrainedModel):
     def __init__(self, config: VixConfig):
-        config.check_combinations()
         super().__init__(config)
         self.config = config
         self.embeddings = VixEmbeddings(config)
-        self.layers = nn.ModuleList([VixLayer(config) for _ in range(config.num_hidden_layers)])
+        shape = vit_mixer_shape(config)
+        self.layers = nn.ModuleList(
+            [VixLayer(config, shape, config.intermediate_size) for _ in range(config.num_hidden_layers)]
+        )
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.post_init()
 
@@ -116,7 +172,7 @@ class VixModel(VixPreTrainedModel):
         self,
         pixel_values: torch.Tensor | None = None,
         interpolate_pos_encoding: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch, channels, height, width)`):
@@ -126,21 +182,11 @@ class VixModel(VixPreTrainedModel):
         """
         if pixel_values is None:
             raise ValueError("You have to specify pixel_values (use VixImageProcessor to prepare images).")
-        output_attentions = bool(kwargs.pop("output_attentions", self.config.output_attentions))
-        mixer = type(self.layers[0].attention) if len(self.layers) else None
-        if output_attentions and mixer is not None and not mixer.returns_attention_weights:
-            raise ValueError(
-                f"attention_type={self.config.attention_type!r} mixes tokens without attention weights, so there are no "
-                "attention maps to return. Call without output_attentions (output_hidden_states works for every mixer)."
-            )
-        if self.training:
-            for layer in self.layers:
-                if isinstance(layer.attention, PerformerAttention):
-                    layer.attention.count_training_step()
+        notify_training_forward(self)
         pixel_values = pixel_values.to(next(self.embeddings.patch_embeddings.parameters()).dtype)
-        hidden_states, rope, grid = self.embeddings(pixel_values, interpolate_pos_encoding=bool(interpolate_pos_encoding))
+        hidden_states, rope = self.embeddings(pixel_values, interpolate_pos_encoding=bool(interpolate_pos_encoding))
         for layer in self.layers:
-            hidden_states = layer(hidden_states, rope=rope, grid=grid, output_attentions=output_attentions, **kwargs)
+            hidden_states = layer(hidden_states, position_embeddings=rope, **kwargs)
         sequence_output = self.layernorm(hidden_states)
         if self.config.pooling == "cls":
             pooled_output = sequence_output[:, 0]
@@ -149,17 +195,20 @@ class VixModel(VixPreTrainedModel):
         return BaseModelOutputWithPooling(last_hidden_state=sequence_output, pooler_output=pooled_output)
 
 
+def classifier_head(hidden_size: int, num_labels: int) -> nn.Module:
+    """A linear head, or the identity when num_labels is 0 (features out, as in transformers)."""
+    return nn.Linear(hidden_size, num_labels) if num_labels > 0 else nn.Identity()
+
+
 class VixForImageClassification(VixPreTrainedModel):
     def __init__(self, config: VixConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.vix = VixModel(config)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.classifier = classifier_head(config.hidden_size, config.num_labels)
         self.distillation_classifier = None
         if config.use_distillation_head:
-            self.distillation_classifier = (
-                nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
-            )
+            self.distillation_classifier = classifier_head(config.hidden_size, config.num_labels)
         self.post_init()
 
     @can_return_tuple
@@ -168,11 +217,12 @@ class VixForImageClassification(VixPreTrainedModel):
         pixel_values: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         interpolate_pos_encoding: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> ImageClassifierOutput:
         r"""
         labels (`torch.LongTensor` of shape `(batch,)`, *optional*):
-            Class indices in `[0, num_labels)` for the cross-entropy loss (floats for multi-label).
+            Class indices in `[0, num_labels)` for the cross-entropy loss (floats for multi-label). They are not
+            range-checked here (that would be a host sync every step): the training job checks them once.
         """
         outputs = self.vix(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs)
         logits = self.classifier(outputs.pooler_output)
@@ -180,28 +230,19 @@ class VixForImageClassification(VixPreTrainedModel):
             logits = (logits + self.distillation_classifier(outputs.last_hidden_state[:, 1])) / 2
         loss = None
         if labels is not None:
-            check_labels(labels, self.config.num_labels)
             loss = self.loss_function(labels, logits, self.config, **kwargs)
         return ImageClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
 
 
-IGNORE_INDEX = -100  # cross-entropy's "no label here", as everywhere in transformers
-
-
-def check_labels(labels: torch.Tensor, num_labels: int) -> None:
-    """Out-of-range class indices would crash deep inside cross-entropy (or silently on some devices)."""
-    if labels.dtype in (torch.long, torch.int) and labels.numel() and num_labels > 1:
-        kept = labels[labels != IGNORE_INDEX]
-        if kept.numel() == 0:
-            return
-        low, high = int(kept.min()), int(kept.max())
-        if low < 0 or high >= num_labels:
-            raise ValueError(
-                f"labels must be class indices in [0, {num_labels}) (config.num_labels) or {IGNORE_INDEX} to "
-                f"ignore a sample; got values in [{low}, {high}]. Set num_labels / id2label to match the dataset."
-            )
-
-
-__all__ = ["VixPreTrainedModel", "VixModel", "VixForImageClassification"]
+__all__ = [
+    "VixBasePreTrainedModel",
+    "VixDropPath",
+    "VixForImageClassification",
+    "VixLayer",
+    "VixMLP",
+    "VixModel",
+    "VixPreTrainedModel",
+    "classifier_head",
+]
