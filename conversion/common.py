@@ -1,6 +1,8 @@
 """Shared parts of the converters: safe loading, the rename table, strict filling of a ViX model, the parity
-check on real images, and writing a Hub-ready folder (weights, config with `auto_map`, modeling files,
-processor, model card).
+check on real images, writing a Hub-ready folder (weights, config with `auto_map`, modeling files, processor,
+the conversion record `conversion.json`, and the model card from `model_cards`, the one card builder), and
+the command-line style shared with training and publishing (HfArgumentParser over dataclasses,
+`--config_overrides "key=value,key=value"`).
 
 Safety: weights are read with safetensors or `torch.load(..., weights_only=True)`; nothing here unpickles
 code. Strictness: every source key must be consumed by a rule and every ViX key filled, with matching
@@ -22,10 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from torch import nn
+from transformers import HfArgumentParser
 
+from model_cards.card import CONVERSION_RECORD, write_model_card
 from modeling_vix import VixConfig, VixForImageClassification, VixImageProcessor
-from modeling_vix.configuration_vix import COMPATIBILITY_DEFAULTS
 from modeling_vix.embeddings_vix import resample_position_grid
 
 
@@ -51,22 +55,52 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ConversionError(f"Checkpoint file not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
+        state = read_safetensors(path)
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # UnpicklingError for a pickled nn.Module, among others
             raise ConversionError(
-                f"{path} cannot be read with torch.load(weights_only=True) ({type(error).__name__}: "
-                f"{str(error).splitlines()[0] if str(error) else ''}). Pickled models (torch.save(model)) are "
-                "refused because unpickling runs code; save `model.state_dict()` (or safetensors) instead."
+                f"{path} cannot be read with torch.load(weights_only=True) ({first_line(error)}). Pickled models "
+                "(torch.save(model)) are refused because unpickling runs code; save `model.state_dict()` (or "
+                "safetensors) instead."
             ) from None
     return clean_state_dict(state, what=str(path))
 
 
-def clean_state_dict(state, what: str = "state dict") -> dict[str, torch.Tensor]:
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A `.safetensors` file, or a ConversionError naming it when it is truncated or not safetensors at all (e.g. a
+    torch pickle under that name, which is never unpickled here)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except SafetensorError as error:
+        raise ConversionError(f"{path} is not a readable safetensors file ({first_line(error)}); it may be truncated "
+                              "or saved in another format.") from None
+
+
+def first_line(error: Exception) -> str:
+    """`Type: first line of the message`, for one-line error reports."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+class SourceState(dict):
+    """A source state dict whose missing keys raise a ConversionError naming the key and the source, so that a
+    checkpoint without a tensor every converter reads (e.g. `pos_embedding`) gets a clear message, not a KeyError."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor], what: str):
+        super().__init__(tensors)
+        self.what = what
+
+    def __missing__(self, key):
+        raise ConversionError(f"{self.what} has no {key!r}, which this converter needs: not a complete checkpoint of "
+                              f"the supported architecture (first keys: {list(self)[:6]}).")
+
+
+def clean_state_dict(state, what: str = "state dict") -> SourceState:
     """Unwrap a checkpoint dict, strip wrapper prefixes, check that every value is a tensor."""
     while isinstance(state, Mapping) and not any(isinstance(v, torch.Tensor) for v in state.values()):
         wrapped = [key for key in WRAPPER_KEYS if isinstance(state.get(key), Mapping)]
@@ -87,7 +121,18 @@ def clean_state_dict(state, what: str = "state dict") -> dict[str, torch.Tensor]
         cleaned[key] = value.detach().cpu()
     if not cleaned:
         raise ConversionError(f"{what} holds no tensors.")
-    return cleaned
+    return SourceState(cleaned, what)
+
+
+def source_label(source) -> str:
+    """How a card and the messages name a source: a file or folder by its name (no local paths in published
+    folders), a Hub id as given, else what it is."""
+    if isinstance(source, nn.Module):
+        return "model instance"
+    if isinstance(source, Mapping):
+        return "state dict"
+    path = Path(str(source))
+    return path.name if path.exists() else str(source)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -234,17 +279,15 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".ti
 
 def load_images(spec=None, limit: int = 8):
     """Images for the parity check: PIL images, or paths (image files, folders of them, or a parquet file in
-    the Hub's image layout, e.g. CIFAR-10's). Default: the local CIFAR-10 test copy when it exists.
+    the Hub's image layout, e.g. CIFAR-10's). Default: the local CIFAR-10 test copy when it exists, else
+    scikit-learn's bundled digits (`digits_images`).
 
     Returns (images, description); (None, reason) when no real image is available.
     """
     from PIL import Image
 
     if spec is None:
-        if DEFAULT_CIFAR10.exists():
-            spec = [DEFAULT_CIFAR10]
-        else:
-            return None, "no images given (--images)"
+        return default_images(limit)
     if isinstance(spec, (str, Path)) or hasattr(spec, "convert"):
         spec = [spec]
     images, names = [], []
@@ -261,13 +304,7 @@ def load_images(spec=None, limit: int = 8):
             images += [Image.open(p).convert("RGB") for p in files[: limit - len(images)]]
             names.append(str(path))
         elif path.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            table = pq.read_table(path).slice(0, limit - len(images)).to_pylist()
-            column = next((c for c in ("img", "image") if table and c in table[0]), None)
-            if column is None:
-                raise ConversionError(f"{path}: no 'img' or 'image' column.")
-            images += [Image.open(io.BytesIO(row[column]["bytes"])).convert("RGB") for row in table]
+            images += parquet_images(path, limit - len(images))
             names.append(str(path))
         elif path.is_file():
             images.append(Image.open(path).convert("RGB"))
@@ -277,6 +314,46 @@ def load_images(spec=None, limit: int = 8):
     if not images:
         return None, "no images found in " + ", ".join(map(str, spec))
     return images[:limit], f"{len(images[:limit])} real images ({', '.join(dict.fromkeys(names))})"
+
+
+def default_images(limit: int):
+    """(images, description) when no --images are given: CIFAR-10 test images from the offline copy when it
+    exists; else scikit-learn's digits, which install with the package's train/test extras, so parity is
+    measured on real images on any machine; (None, reason) when neither is available."""
+    if DEFAULT_CIFAR10.exists():
+        images = parquet_images(DEFAULT_CIFAR10, limit)
+        return images, f"{len(images)} real images (CIFAR-10 test split, {DEFAULT_CIFAR10.name})"
+    try:
+        images, _ = digits_images(limit)
+    except ImportError:
+        return None, "no images given (--images), no local CIFAR-10 copy and no scikit-learn for its digits"
+    return images, f"{len(images)} real images (scikit-learn digits, 8x8 upscaled to 32x32 RGB)"
+
+
+def parquet_images(path: Path, limit: int) -> list:
+    """The first `limit` images of a parquet file in the Hub's image layout (an `img` or `image` column)."""
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    table = pq.read_table(path).slice(0, limit).to_pylist()
+    column = next((c for c in ("img", "image") if table and c in table[0]), None)
+    if column is None:
+        raise ConversionError(f"{path}: no 'img' or 'image' column.")
+    return [Image.open(io.BytesIO(row[column]["bytes"])).convert("RGB") for row in table]
+
+
+def digits_images(limit: int = 16, size: int = 32) -> tuple[list, list[int]]:
+    """The first `limit` images of scikit-learn's bundled 8x8 handwritten digits (real scans, shipped inside the
+    scikit-learn wheel: no download) with their labels, upscaled to `size` x `size` RGB like CIFAR-10 images.
+    Raises ImportError without scikit-learn."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = [Image.fromarray((digits.images[i] * (255 / 16)).astype(np.uint8)).resize((size, size), Image.BILINEAR)
+              .convert("RGB") for i in range(limit)]
+    return images, [int(label) for label in digits.target[:limit]]
 
 
 def parity_pixels(processor: VixImageProcessor, images, num_channels: int, size: tuple[int, int], seed: int = 0):
@@ -357,74 +434,24 @@ def check_output_dir(output_dir, overwrite: bool) -> Path | None:
 
 
 def make_processor(size: tuple[int, int], image_mean, image_std, **kwargs) -> VixImageProcessor:
+    if len(image_mean) != 3 or len(image_std) != 3:  # the processor converts every image to RGB
+        raise ConversionError(f"image_mean {list(image_mean)} and image_std {list(image_std)} need 3 values (RGB).")
     return VixImageProcessor(size={"height": int(size[0]), "width": int(size[1])}, image_mean=list(image_mean),
                              image_std=list(image_std), **kwargs)
 
 
-def build_card(result: ConversionResult, *, source: str, base_model: str | None = None, model_name: str | None = None):
-    """A README.md model card (huggingface_hub ModelCard) stating the source and the measured parity."""
-    from huggingface_hub import ModelCard, ModelCardData
-
-    config = result.config
-    data = ModelCardData(
-        library_name="transformers",
-        pipeline_tag="image-classification",
-        license="apache-2.0",
-        tags=["vix", config.attention_type, "custom_code", "converted"],
-        base_model=base_model,
-        model_name=model_name,
-    )
-    rows = [
-        "| reference | ViX attention_type | max abs logit diff | reference logit scale | top-1 agreement | inputs |",
-        "|---|---|---|---|---|---|",
-    ]
-    for entry in result.parity:
-        rows.append(
-            f"| {entry['reference']} | `{entry['attention_type']}` | {entry['max_abs_logit_diff']:.2e} | "
-            f"{entry['reference_logit_scale']:.2e} | {entry['top1_agreement']:.0%} | {entry['inputs']} |"
-        )
-    if not result.parity:
-        rows = ["Parity was not measured (the source model could not be built here)."]
-    compatibility = [name for name, default in COMPATIBILITY_DEFAULTS.items() if getattr(config, name) != default]
-    settings = {key: getattr(config, key) for key in (
-        "attention_type", "embedding_type", "position_embedding_type", "pooling", "image_size", "patch_size",
-        "hidden_size", "num_hidden_layers", "num_attention_heads", "head_dim", "intermediate_size")}
-    body = [
-        f"# {model_name or 'ViX (converted)'}",
-        "",
-        f"A ViX model (`{config.attention_type}` token mixer) converted from **{source}** with "
-        "`conversion/` of the ViX repository. Load it with the `vix` package installed, or with "
-        "`trust_remote_code=True`:",
-        "",
-        "```python",
-        "from transformers import AutoImageProcessor, AutoModelForImageClassification",
-        "model = AutoModelForImageClassification.from_pretrained(\"<this folder or repo>\", trust_remote_code=True)",
-        "processor = AutoImageProcessor.from_pretrained(\"<this folder or repo>\", trust_remote_code=True)",
-        "```",
-        "",
-        "## Configuration",
-        "",
-        "```json",
-        json.dumps(settings),
-        "```",
-        "",
-        "Compatibility settings (reproduce the source exactly; not recommended for new models): "
-        + (", ".join(f"`{name}={getattr(config, name)!r}`" for name in compatibility) or "none") + ".",
-        "",
-        "## Measured parity (logits, eval mode, fp32)",
-        "",
-        *rows,
-    ]
-    if result.notes:
-        body += ["", "## Notes", "", *[f"- {note}" for note in result.notes]]
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body) + "\n")
+def conversion_record(result: ConversionResult, source: str, base_model: str | None) -> dict:
+    """What the card states about a conversion (conversion.json): kept in the folder, so a rebuilt or published
+    card (model_cards) states the same source, parity and notes as the converter's."""
+    return {"source": source, "base_model": base_model, "parity": result.parity, "notes": result.notes}
 
 
 @torch.no_grad()
 def write_folder(result: ConversionResult, output_dir: Path, *, source: str, base_model: str | None,
                  check_pixels: torch.Tensor, check_logits: torch.Tensor | None = None, overwrite: bool = False) -> Path:
-    """Save weights, config (with auto_map), modeling files, processor and card into `output_dir`, written to a
-    temporary sibling first and moved into place only once the saved folder reloads with the same logits."""
+    """Save weights, config (with auto_map), modeling files, processor, conversion record and card into
+    `output_dir`, written to a temporary sibling first and moved into place only once the saved folder reloads
+    with the same logits."""
     output_dir = Path(output_dir)
     check_output_dir(output_dir, overwrite)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -432,7 +459,9 @@ def write_folder(result: ConversionResult, output_dir: Path, *, source: str, bas
     try:
         result.model.save_pretrained(staging)
         result.processor.save_pretrained(staging)
-        build_card(result, source=source, base_model=base_model, model_name=output_dir.name).save(staging / "README.md")
+        record = conversion_record(result, source, base_model)
+        (staging / CONVERSION_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        write_model_card(staging, {}, None)  # the one card builder, named as for trained models (publish renames)
         from transformers import AutoModelForImageClassification
 
         reloaded = AutoModelForImageClassification.from_pretrained(staging).eval()
@@ -456,31 +485,47 @@ def write_folder(result: ConversionResult, output_dir: Path, *, source: str, bas
 # --------------------------------------------------------------------------------------------------------
 
 
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output_dir", required=True, help="Folder to write (must be empty or absent).")
-    parser.add_argument("--images", nargs="*", default=None,
-                        help="Real images for the parity check: files, folders or a parquet file (Hub image layout). "
-                             "Default: the local CIFAR-10 test copy when present, else random noise.")
-    parser.add_argument("--atol", type=float, default=1e-4,
-                        help="Refuse to write when an exact conversion's logits differ by more (default 1e-4).")
-    parser.add_argument("--overwrite", action="store_true", help="Replace a non-empty output folder.")
+@dataclass
+class ConversionArguments:
+    """The flags every converter shares (each converter adds its own dataclass in front of this one)."""
+
+    output_dir: str = field(metadata={"help": "Folder to write (must be empty or absent)."})
+    images: list[str] | None = field(default=None, metadata={
+        "help": "Real images for the parity check: files, folders or a parquet file (Hub image layout). Default: "
+                "the local CIFAR-10 test copy when present, else scikit-learn's digits, else random noise."})
+    atol: float = field(default=1e-4, metadata={
+        "help": "Refuse to write when an exact conversion's logits differ by more."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty output folder."})
 
 
-def parse_value(text: str):
+def make_parser(source_arguments, prog: str, description: str) -> HfArgumentParser:
+    """The converters' parser: HfArgumentParser over (the converter's own dataclass, ConversionArguments), the
+    style of training/train.py and model_cards/publish.py (underscore flags, `--flag value`)."""
+    return HfArgumentParser((source_arguments, ConversionArguments), prog=prog, description=description,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def parse_arguments(parser: HfArgumentParser, argv=None) -> tuple:
+    """The dataclasses of `parser`; an unknown flag is a usage error (exit 2), not HfArgumentParser's ValueError."""
+    *parsed, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if remaining:
+        parser.error(f"unrecognized arguments: {' '.join(remaining)}")
+    return tuple(parsed)
+
+
+def parse_config_overrides(text: str | None) -> dict:
+    """`"key=value,key=value"` -> {key: value}, read exactly as `PreTrainedConfig.update_from_string` (training's
+    `--config_overrides`) reads it: applied to a default VixConfig, so unknown keys are refused and each value
+    takes the type of the field's default."""
+    if not text:
+        return {}
+    config = VixConfig()
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def parse_options(pairs: Iterable[str] | None) -> dict:
-    options = {}
-    for pair in pairs or ():
-        if "=" not in pair:
-            raise ConversionError(f"Expected KEY=VALUE, got {pair!r}.")
-        key, value = pair.split("=", 1)
-        options[key.strip()] = parse_value(value)
-    return options
+        config.update_from_string(text)
+    except (ValueError, TypeError, StrictDataclassError) as error:
+        raise ConversionError(f"--config_overrides {text!r}: {error}") from None
+    keys = [pair.split("=", 1)[0] for pair in text.split(",")]
+    return {key: getattr(config, key) for key in keys}
 
 
 def print_summary(result: ConversionResult) -> None:
@@ -506,6 +551,6 @@ __all__ = [
     "ConversionError", "ConversionResult", "Rule", "rename", "split", "drop", "apply_rules", "load_strict",
     "load_state_dict_file", "clean_state_dict", "patch_linear_to_conv", "patch_vector_to_unfold_order",
     "resample_position_embeddings", "load_images", "parity_pixels", "logit_parity", "check_against_source", "check_tolerance",
-    "check_output_dir", "make_processor", "build_card", "write_folder", "add_common_arguments", "parse_options",
-    "run_cli",
+    "check_output_dir", "make_processor", "conversion_record", "write_folder", "ConversionArguments", "make_parser",
+    "parse_arguments", "parse_config_overrides", "run_cli", "source_label", "digits_images",
 ]

@@ -3,7 +3,7 @@ attention mixer.
 
     python -m conversion.from_transformers_vit --model google/vit-base-patch16-224 --output_dir vix-vit-base
     python -m conversion.from_transformers_vit --model ./my-vit --attention_type nystrom \
-        --vix_option nystrom_num_landmarks=49 --output_dir vix-vin-from-vit
+        --config_overrides "nystrom_num_landmarks=49" --output_dir vix-vin-from-vit
 
 - `softmax`: the same model; the logits are checked against the source (exact up to float rounding).
 - `performer`, `nystrom`: the same q/k/v/o projections and all other weights carry over unchanged; the
@@ -30,10 +30,11 @@ backbone without a classifier) is refused.
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 
 from modeling_vix import VixConfig, VixForImageClassification
 from modeling_vix.mixers_vix import MIXERS
@@ -42,19 +43,22 @@ from .common import (
     ConversionError,
     ConversionResult,
     Rule,
-    add_common_arguments,
     apply_rules,
     check_output_dir,
     check_tolerance,
     drop,
     load_strict,
     logit_parity,
+    first_line,
+    make_parser,
     make_processor,
-    parse_options,
     parity_pixels,
+    parse_arguments,
+    parse_config_overrides,
     rename,
     resample_position_embeddings,
     run_cli,
+    source_label,
     write_folder,
 )
 
@@ -75,23 +79,46 @@ def load_source(source, revision=None):
             raise ConversionError(f"Unsupported source architecture {type(source).__name__} (model_type {model_type!r}); "
                                   "this converter takes transformers ViT and DeiT image classifiers.")
         return source.eval(), None
-    config = AutoConfig.from_pretrained(source, revision=revision)  # no trust_remote_code: no code is run
+    config = load_or_refuse(AutoConfig.from_pretrained, source, revision=revision)  # no trust_remote_code: no code runs
     if config.model_type not in SUPPORTED_MODEL_TYPES:
         raise ConversionError(f"Unsupported source architecture: model_type {config.model_type!r} "
                               f"({', '.join(config.architectures or [])}); this converter takes ViT and DeiT.")
     architectures = config.architectures or []
     model_class = (DeiTForImageClassificationWithTeacher if "DeiTForImageClassificationWithTeacher" in architectures
                    else AutoModelForImageClassification)
-    model, info = model_class.from_pretrained(source, revision=revision, output_loading_info=True)
+    # ignore_mismatched_sizes=True only so that a tensor of the wrong shape comes back in `info` (and is refused
+    # below with its name) instead of as an error that points at a load report.
+    model, info = load_or_refuse(model_class.from_pretrained, source, revision=revision, output_loading_info=True,
+                                 ignore_mismatched_sizes=True)
     problems = {name: info.get(name) for name in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(name)}
     if problems:
         raise ConversionError(
             f"{source} does not load strictly into {type(model).__name__} (checkpoint architectures {architectures}): "
             + "; ".join(f"{name}: {sorted(map(str, keys))[:8]}" for name, keys in problems.items())
-            + ". A backbone without a classification head cannot be converted into an image classifier."
+            + ". A backbone without a classification head, or a tensor of the wrong shape, cannot be converted."
         )
     hub_id = None if Path(str(source)).exists() else str(source)
     return model.eval(), hub_id
+
+
+def load_or_refuse(from_pretrained, source, **kwargs):
+    """`from_pretrained(source, ...)`, with whatever it raises on a broken source (a truncated checkpoint, an
+    unreadable config, a missing folder) turned into one ConversionError line naming it. transformers' progress
+    bars and load report are silenced meanwhile: the caller reports what went wrong itself."""
+    from transformers.utils import logging
+
+    verbosity, progress = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        return from_pretrained(source, **kwargs)
+    except Exception as error:  # the source is user input: every failure to read it is the user's to fix
+        raise ConversionError(f"{source} cannot be loaded as a transformers ViT / DeiT checkpoint "
+                              f"({first_line(error)}); nothing was written.") from None
+    finally:
+        logging.set_verbosity(verbosity)
+        if progress:
+            logging.enable_progress_bar()
 
 
 def source_processor_settings(source, revision=None) -> dict:
@@ -130,11 +157,11 @@ def vix_config(source_config, attention_type: str, image_size, options: dict, ke
     )
     for key in options:
         if key in settings and key not in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
-            raise ConversionError(f"{key} comes from the source checkpoint and cannot be set with a ViX option.")
+            raise ConversionError(f"{key} comes from the source checkpoint and cannot be set with --config_overrides.")
     try:
         return VixConfig(**settings, **options)
-    except (TypeError, ValueError) as error:
-        raise ConversionError(f"Invalid ViX options {options}: {error}") from None
+    except (TypeError, ValueError, StrictDataclassError) as error:  # the config's own validation of the overrides
+        raise ConversionError(f"Invalid config_overrides {options}: {error}") from None
 
 
 def rules(model_type: str, drop_distillation: bool, old_grid, new_grid) -> list[Rule]:
@@ -169,7 +196,7 @@ def convert_transformers_vit(
     *,
     attention_type: str = "softmax",
     image_size=None,
-    vix_options: dict | None = None,
+    config_overrides: dict | str | None = None,
     drop_distillation_token: bool = False,
     revision: str | None = None,
     images=None,
@@ -177,7 +204,10 @@ def convert_transformers_vit(
     atol: float | None = 1e-4,
     overwrite: bool = False,
 ) -> ConversionResult:
-    """A transformers ViT / DeiT classifier (instance, folder or Hub id) -> ViX with `attention_type`."""
+    """A transformers ViT / DeiT classifier (instance, folder or Hub id) -> ViX with `attention_type`.
+
+    `config_overrides`: other VixConfig fields for the target mixer, a dict or training's `"key=value,key=value"`.
+    """
     check_output_dir(output_dir, overwrite)
     if attention_type not in ATTENTION_TYPES:
         vix_config(None, attention_type, None, {})  # raises the explanatory error
@@ -193,7 +223,8 @@ def convert_transformers_vit(
 
     keep_distillation = model_type == "deit" and not drop_distillation_token
     with_teacher = "distillation_classifier.weight" in source_model.state_dict()
-    config = vix_config(c, attention_type, new_size, dict(vix_options or {}), keep_distillation, with_teacher)
+    overrides = parse_config_overrides(config_overrides) if isinstance(config_overrides, str) else config_overrides
+    config = vix_config(c, attention_type, new_size, dict(overrides or {}), keep_distillation, with_teacher)
     torch.manual_seed(seed)  # Performer features and Linformer projections, when the mixer has them
     model = VixForImageClassification(config).eval()
     state = {key: value.detach().cpu() for key, value in source_model.state_dict().items()}
@@ -212,7 +243,7 @@ def convert_transformers_vit(
     if new_keys:
         result.notes.append(f"New {attention_type} parameters, not in the source, initialised with seed {seed}: "
                             f"{len(new_keys)} tensors ({', '.join(sorted({k.rsplit('.', 1)[-1] for k in new_keys}))}).")
-    source_name = f"transformers {type(source_model).__name__} ({hub_id or source if isinstance(source, (str, Path)) else 'model instance'})"
+    source_name = f"transformers {type(source_model).__name__} ({source_label(source)})"
     load_strict(model, converted, unused, source_name)
 
     result.processor = make_processor(new_size, **source_processor_settings(source, revision))
@@ -246,26 +277,35 @@ def convert_transformers_vit(
     return result
 
 
+@dataclass
+class TransformersVitArguments:
+    """The source checkpoint and the target mixer."""
+
+    model: str = field(metadata={"help": "A local folder or a Hub id of a ViT / DeiT image classifier."})
+    revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit) to convert."})
+    attention_type: str = field(default="softmax", metadata={"help": "|".join(ATTENTION_TYPES)})
+    image_size: list[int] | None = field(default=None, metadata={
+        "help": "Target image size (one int or height width); position embeddings are resampled."})
+    config_overrides: str | None = field(default=None, metadata={
+        "help": "Other VixConfig fields for the target mixer, 'key=value,key=value' (as training's "
+                "--config_overrides, PreTrainedConfig.update_from_string), e.g. 'nystrom_num_landmarks=49'."})
+    drop_distillation_token: bool = field(default=False, metadata={
+        "help": "DeiT: drop the distillation token and head (a plain ViX); the logit change is reported."})
+    seed: int = field(default=0, metadata={"help": "Seed for new Performer features / Linformer projections."})
+
+
+def cli_parser():
+    return make_parser(TransformersVitArguments, "python -m conversion.from_transformers_vit", __doc__)
+
+
 def main(argv=None) -> ConversionResult:
-    parser = argparse.ArgumentParser(prog="python -m conversion.from_transformers_vit", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="A local folder or a Hub id of a ViT / DeiT image classifier.")
-    add_common_arguments(parser)
-    parser.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) to convert.")
-    parser.add_argument("--attention_type", default="softmax", choices=ATTENTION_TYPES)
-    parser.add_argument("--image_size", type=int, nargs="+", default=None,
-                        help="Target image size (one int or height width); position embeddings are resampled.")
-    parser.add_argument("--vix_option", action="append", default=[], metavar="KEY=VALUE",
-                        help="Extra VixConfig field for the target mixer, e.g. nystrom_num_landmarks=49 (JSON values).")
-    parser.add_argument("--drop_distillation_token", action="store_true",
-                        help="DeiT: drop the distillation token and head (a plain ViX); the logit change is reported.")
-    parser.add_argument("--seed", type=int, default=0, help="Seed for new Performer features / Linformer projections.")
-    args = parser.parse_args(argv)
+    args, common = parse_arguments(cli_parser(), argv)
     size = None if args.image_size is None else (args.image_size * 2)[:2]
     return convert_transformers_vit(
-        args.model, args.output_dir, attention_type=args.attention_type, image_size=size,
-        vix_options=parse_options(args.vix_option), drop_distillation_token=args.drop_distillation_token,
-        revision=args.revision, images=args.images, seed=args.seed, atol=args.atol, overwrite=args.overwrite,
+        args.model, common.output_dir, attention_type=args.attention_type, image_size=size,
+        config_overrides=parse_config_overrides(args.config_overrides),
+        drop_distillation_token=args.drop_distillation_token, revision=args.revision, images=common.images,
+        seed=args.seed, atol=common.atol, overwrite=common.overwrite,
     )
 
 

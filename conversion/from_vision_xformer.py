@@ -30,9 +30,10 @@ checkpoint's own).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import re
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import nn
@@ -43,19 +44,21 @@ from .common import (
     ConversionError,
     ConversionResult,
     Rule,
-    add_common_arguments,
     apply_rules,
     check_against_source,
     check_output_dir,
     clean_state_dict,
     load_state_dict_file,
     load_strict,
+    make_parser,
     make_processor,
     parity_pixels,
+    parse_arguments,
     patch_linear_to_conv,
     patch_vector_to_unfold_order,
     rename,
     run_cli,
+    source_label,
     split,
     square_side,
     write_folder,
@@ -368,11 +371,11 @@ def convert_vision_xformer(
         given.update(from_model)
         state = clean_state_dict(source.state_dict(), what=arch)
         reference = source
-        source_name = f"vision-xformer {arch} (model instance)"
     else:
-        state = load_state_dict_file(source) if not isinstance(source, dict) else clean_state_dict(source)
+        what = f"vision-xformer checkpoint ({source_label(source)})"
+        state = load_state_dict_file(source) if not isinstance(source, dict) else clean_state_dict(source, what)
         arch = detect_architecture(state)
-        source_name = f"vision-xformer {arch} ({source if not isinstance(source, dict) else 'state dict'})"
+    source_name = f"vision-xformer {arch} ({source_label(source)})"
     settings = infer_settings(state, arch, given)
     config = vix_config(arch, settings, id2label)
     model = VixForImageClassification(config).eval()
@@ -399,29 +402,37 @@ def convert_vision_xformer(
     return result
 
 
+@dataclass
+class VisionXformerArguments:
+    """What the weights of a vision-xformer model do not show, with the package's defaults."""
+
+    checkpoint: str = field(metadata={"help": "State dict of a vision-xformer ViN/ViP/ViL/FNet (.pt/.pth/.bin via "
+                                              "weights_only, or .safetensors)."})
+    image_size: list[int] | None = field(default=None, metadata={
+        "help": "Image size (one int, or height width); default: from the square patch grid."})
+    patch_size: int | None = field(default=None, metadata={"help": "Default: from patch_dim and --num_channels."})
+    num_channels: int | None = field(default=None, metadata={"help": "Default 3."})
+    num_attention_heads: int | None = field(default=None, metadata={
+        "help": "Needed only for a ViL with one_kv_head=False (the weights do not show it)."})
+    num_landmarks: int | None = field(default=None, metadata={"help": "ViN landmarks (default 64, the package's)."})
+    pool: Literal["cls", "mean"] | None = field(default=None, metadata={
+        "help": "The source's pool (default cls; mean is refused)."})
+    image_mean: list[float] = field(default_factory=lambda: list(PAPER_NORMALIZATION))
+    image_std: list[float] = field(default_factory=lambda: list(PAPER_NORMALIZATION))
+
+
+def cli_parser():
+    return make_parser(VisionXformerArguments, "python -m conversion.from_vision_xformer", __doc__)
+
+
 def main(argv=None) -> ConversionResult:
-    parser = argparse.ArgumentParser(prog="python -m conversion.from_vision_xformer", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True,
-                        help="State dict of a vision-xformer ViN/ViP/ViL/FNet (.pt/.pth/.bin via weights_only, or .safetensors).")
-    add_common_arguments(parser)
-    parser.add_argument("--image_size", type=int, nargs="+", default=None,
-                        help="Image size (one int, or height width); default: from the square patch grid.")
-    parser.add_argument("--patch_size", type=int, default=None, help="Default: from patch_dim and --num_channels.")
-    parser.add_argument("--num_channels", type=int, default=None, help="Default 3.")
-    parser.add_argument("--num_attention_heads", type=int, default=None,
-                        help="Needed only for a ViL with one_kv_head=False (the weights do not show it).")
-    parser.add_argument("--num_landmarks", type=int, default=None, help="ViN landmarks (default 64, the package's).")
-    parser.add_argument("--pool", choices=("cls", "mean"), default=None, help="The source's pool (default cls; mean is refused).")
-    parser.add_argument("--image_mean", type=float, nargs=3, default=PAPER_NORMALIZATION)
-    parser.add_argument("--image_std", type=float, nargs=3, default=PAPER_NORMALIZATION)
-    args = parser.parse_args(argv)
+    args, common = parse_arguments(cli_parser(), argv)
     size = None if args.image_size is None else (args.image_size * 2)[:2]
     return convert_vision_xformer(
-        args.checkpoint, args.output_dir, image_size=size, patch_size=args.patch_size, num_channels=args.num_channels,
+        args.checkpoint, common.output_dir, image_size=size, patch_size=args.patch_size, num_channels=args.num_channels,
         num_attention_heads=args.num_attention_heads, num_landmarks=args.num_landmarks, pool=args.pool,
-        image_mean=args.image_mean, image_std=args.image_std, images=args.images, atol=args.atol,
-        overwrite=args.overwrite,
+        image_mean=args.image_mean, image_std=args.image_std, images=common.images, atol=common.atol,
+        overwrite=common.overwrite,
     )
 
 

@@ -21,9 +21,10 @@ that import torchvision (e.g. `dino`), which would pull a multi-GB CUDA torch he
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import re
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import nn
@@ -34,19 +35,21 @@ from .common import (
     ConversionError,
     ConversionResult,
     Rule,
-    add_common_arguments,
     apply_rules,
     check_against_source,
     check_output_dir,
     clean_state_dict,
     load_state_dict_file,
     load_strict,
+    make_parser,
     make_processor,
     parity_pixels,
+    parse_arguments,
     patch_linear_to_conv,
     patch_vector_to_unfold_order,
     rename,
     run_cli,
+    source_label,
     split,
     square_side,
     write_folder,
@@ -217,14 +220,13 @@ def convert_vit_pytorch(
         image_size=image_size, patch_size=patch_size, channels=num_channels, heads=num_attention_heads,
         head_dim=head_dim, pool=pool).items() if value is not None}
     reference, note = None, ""
+    source_name = f"vit-pytorch ViT ({source_label(source)})"
     if isinstance(source, nn.Module):
         given.update(settings_from_model(source))
-        state = clean_state_dict(source.state_dict(), what="vit-pytorch ViT")
+        state = clean_state_dict(source.state_dict(), what=source_name)
         reference = source
-        source_name = "vit-pytorch ViT (model instance)"
     else:
-        state = load_state_dict_file(source) if not isinstance(source, dict) else clean_state_dict(source)
-        source_name = f"vit-pytorch ViT ({source if not isinstance(source, dict) else 'state dict'})"
+        state = load_state_dict_file(source) if not isinstance(source, dict) else clean_state_dict(source, source_name)
     settings = infer_settings(state, given)
     config = vix_config(settings, id2label)
     model = VixForImageClassification(config).eval()
@@ -254,26 +256,36 @@ def convert_vit_pytorch(
     return result
 
 
+@dataclass
+class VitPytorchArguments:
+    """What a vit-pytorch ViT state dict does not show (the head count) or what to override."""
+
+    checkpoint: str = field(metadata={"help": "State dict of a vit-pytorch ViT (.pt/.pth via weights_only, or "
+                                              ".safetensors)."})
+    num_attention_heads: int | None = field(default=None, metadata={"help": "The source's heads (or give --head_dim)."})
+    head_dim: int | None = field(default=None, metadata={"help": "The source's dim_head (vit-pytorch default 64)."})
+    image_size: list[int] | None = field(default=None, metadata={
+        "help": "One int, or height width. Default: from the square patch grid."})
+    patch_size: int | None = None
+    num_channels: int | None = field(default=None, metadata={"help": "Default 3."})
+    pool: Literal["cls", "mean"] | None = field(default=None, metadata={
+        "help": "Default: cls when a cls token is stored."})
+    image_mean: list[float] = field(default_factory=lambda: list(DEFAULT_NORMALIZATION))
+    image_std: list[float] = field(default_factory=lambda: list(DEFAULT_NORMALIZATION))
+
+
+def cli_parser():
+    return make_parser(VitPytorchArguments, "python -m conversion.from_vit_pytorch", __doc__)
+
+
 def main(argv=None) -> ConversionResult:
-    parser = argparse.ArgumentParser(prog="python -m conversion.from_vit_pytorch", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="State dict of a vit-pytorch ViT (.pt/.pth via weights_only, or .safetensors).")
-    add_common_arguments(parser)
-    parser.add_argument("--num_attention_heads", type=int, default=None, help="The source's heads (or give --head_dim).")
-    parser.add_argument("--head_dim", type=int, default=None, help="The source's dim_head (vit-pytorch default 64).")
-    parser.add_argument("--image_size", type=int, nargs="+", default=None, help="Default: from the square patch grid.")
-    parser.add_argument("--patch_size", type=int, default=None)
-    parser.add_argument("--num_channels", type=int, default=None, help="Default 3.")
-    parser.add_argument("--pool", choices=("cls", "mean"), default=None, help="Default: cls when a cls token is stored.")
-    parser.add_argument("--image_mean", type=float, nargs=3, default=DEFAULT_NORMALIZATION)
-    parser.add_argument("--image_std", type=float, nargs=3, default=DEFAULT_NORMALIZATION)
-    args = parser.parse_args(argv)
+    args, common = parse_arguments(cli_parser(), argv)
     size = None if args.image_size is None else (args.image_size * 2)[:2]
     return convert_vit_pytorch(
-        args.checkpoint, args.output_dir, image_size=size, patch_size=args.patch_size, num_channels=args.num_channels,
+        args.checkpoint, common.output_dir, image_size=size, patch_size=args.patch_size, num_channels=args.num_channels,
         num_attention_heads=args.num_attention_heads, head_dim=args.head_dim, pool=args.pool,
-        image_mean=args.image_mean, image_std=args.image_std, images=args.images, atol=args.atol,
-        overwrite=args.overwrite,
+        image_mean=args.image_mean, image_std=args.image_std, images=common.images, atol=common.atol,
+        overwrite=common.overwrite,
     )
 
 

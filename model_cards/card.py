@@ -2,12 +2,14 @@
 
     write_model_card(folder, metrics, recipe)            # -> folder/README.md (training/train.py calls this)
     build_model_card(config, metrics, recipe)            # -> huggingface_hub.ModelCard
-    python -m model_cards.rebuild FOLDER ... | --results outputs/cpu/results.json   # rebuild finished folders' cards
+    python -m model_cards.rebuild --folders FOLDER ... | --results outputs/cpu/results.json   # rebuild cards
 
 `metrics` is what the training job writes to metrics.json (`test_accuracy`, `num_parameters`,
 `train_runtime`, `hardware`, `dataset`, `split_sizes`, ...); `recipe` the run's settings (recipe.yaml).
-Architecture numbers (tokens, FLOPs) are measured on the model by `measure.py`. The card is one template
-(`template.py`) filled from these: a number appears only if a run produced it.
+Converted weights carry the converter's record instead (conversion.json: source, base model, measured parity,
+notes); the converters write their cards with this same builder, so every card has one layout and one tag
+vocabulary (`card_tags`). Architecture numbers (tokens, FLOPs) are measured on the model by `measure.py`.
+The card is one template (`template.py`) filled from these: a number appears only if a run produced it.
 """
 
 import json
@@ -146,9 +148,10 @@ def base_model_of(*candidates: str | None) -> str | None:
 
 
 def _mixer_class(attention_type: str):
-    from modeling_vix.mixers_vix import MIXERS
+    """What the mixer can do (capabilities as data, from the config module)."""
+    from modeling_vix.configuration_vix import MIXER_CAPABILITIES
 
-    return MIXERS.get(attention_type)
+    return MIXER_CAPABILITIES.get(attention_type)
 
 
 def mixer_settings(config: dict) -> str:
@@ -333,7 +336,7 @@ def limitations(config: dict, metrics: dict, recipe: dict, measured: dict) -> li
     lines = [resolution_limit(config, measured)]
     mixer = _mixer_class(config["attention_type"])
     if mixer is not None and not mixer.returns_attention_weights:
-        lines.append(f"`{config['attention_type']}` has no attention map: `output_attentions=True` raises.")
+        lines.append(f"`{config['attention_type']}` has no attention map: `output_attentions=True` returns none.")
     if data_copy_limit(recipe):
         lines.append(data_copy_limit(recipe))
     if metrics.get("test_accuracy") is not None:
@@ -356,20 +359,35 @@ def eval_results(metrics: dict, recipe: dict) -> list[EvalResult]:
     ]
 
 
-def card_metadata(config: dict, metrics: dict, recipe: dict, model_name: str, base_model: str | None) -> ModelCardData:
-    results = eval_results(metrics, recipe)
-    hub_id = dataset_id(metrics, recipe)
+def card_tags(config: dict, converted: bool = False) -> list[str]:
+    """The one tag vocabulary of every ViX card (trained or converted): the mixer, embedding and position type
+    as `attention-<value>`, `embedding-<value>`, `position-<value>`, plus `converted` for converted weights."""
     tags = ["vix", "image-classification", "custom_code", f"attention-{config.get('attention_type')}",
             f"embedding-{config.get('embedding_type')}", f"position-{config.get('position_embedding_type')}"]
+    return tags + (["converted"] if converted else [])
+
+
+def card_metadata(config: dict, metrics: dict, recipe: dict, model_name: str, base_model: str | None,
+                  converted: bool = False) -> ModelCardData:
+    results = eval_results(metrics, recipe)
+    hub_id = dataset_id(metrics, recipe)
     return ModelCardData(
-        library_name="transformers", pipeline_tag="image-classification", license=LICENSE, tags=tags,
-        model_name=model_name, base_model=base_model, datasets=[hub_id] if hub_id else None,
-        metrics=sorted({r.metric_type for r in results}) or None, eval_results=results or None,
+        library_name="transformers", pipeline_tag="image-classification", license=LICENSE,
+        tags=card_tags(config, converted), model_name=model_name, base_model=base_model,
+        datasets=[hub_id] if hub_id else None, metrics=sorted({r.metric_type for r in results}) or None,
+        eval_results=results or None,
     )
 
 
+def parity_rows(conversion: dict) -> list[tuple[str, ...]]:
+    """One row per parity measurement a converter recorded (conversion.json), numbers formatted once here."""
+    return [(entry["reference"], f"`{entry['attention_type']}`", f"{entry['max_abs_logit_diff']:.2e}",
+             f"{entry['reference_logit_scale']:.2e}", f"{entry['top1_agreement']:.0%}", entry["inputs"])
+            for entry in conversion.get("parity", [])]
+
+
 def card_context(config: dict, metrics: dict, recipe: dict, measured: dict, *, model_name: str,
-                 base_model: str | None, repo_id: str | None, revision: str | None) -> dict:
+                 base_model: str | None, repo_id: str | None, revision: str | None, conversion: dict | None) -> dict:
     return {
         "model_name": model_name, "variant": variant_name(config), "paper_url": PAPER_URL,
         "mixer_summary": MIXER_SUMMARIES.get(config["attention_type"], f"`{config['attention_type']}`"),
@@ -385,6 +403,8 @@ def card_context(config: dict, metrics: dict, recipe: dict, measured: dict, *, m
         "recipe_yaml": yaml.safe_dump(recipe, sort_keys=False).strip() if recipe else None,
         "protocol": protocol(metrics, recipe), "result_rows": result_rows(metrics),
         "limitations": limitations(config, metrics, recipe, measured), "citation": CITATION,
+        "conversion": conversion, "parity_rows": parity_rows(conversion or {}),
+        "conversion_notes": (conversion or {}).get("notes", []),
     }
 
 
@@ -400,20 +420,25 @@ def render(context: dict) -> str:
 
 def build_model_card(config: dict, metrics: dict, recipe: dict | None = None, model_name: str | None = None, *,
                      measured: dict | None = None, base_model: str | None = None, repo_id: str | None = None,
-                     revision: str | None = None) -> ModelCard:
+                     revision: str | None = None, conversion: dict | None = None) -> ModelCard:
     """The card for a model: YAML metadata (with `model-index` from `metrics`) and the template's sections.
 
     `measured` holds architecture numbers (`measure.measure_architecture`, plus `weights_bytes`); measured here
-    when not given. `repo_id`/`revision` fill the usage snippets (the publish step knows them).
+    when not given. `repo_id`/`revision` fill the usage snippets (the publish step knows them). `conversion` is a
+    converter's record (conversion.json: `source`, `base_model`, `parity`, `notes`) for converted weights.
     """
     recipe = recipe or {}
     measured = measured if measured is not None else measure_architecture(config)
     model_name = model_name or default_model_name(config)
-    base_model = base_model_of(base_model, metrics.get("base_model"), recipe.get("model_name_or_path"))
-    data = card_metadata(config, metrics, recipe, model_name, base_model)
+    base_model = base_model_of(base_model, metrics.get("base_model"), recipe.get("model_name_or_path"),
+                               (conversion or {}).get("base_model"))
+    data = card_metadata(config, metrics, recipe, model_name, base_model, converted=conversion is not None)
     body = render(card_context(config, metrics, recipe, measured, model_name=model_name, base_model=base_model,
-                               repo_id=repo_id, revision=revision))
+                               repo_id=repo_id, revision=revision, conversion=conversion))
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+
+CONVERSION_RECORD = "conversion.json"  # written by conversion/ beside converted weights; the card reads it
 
 
 def read_folder(folder) -> tuple[dict, dict, dict]:
@@ -425,25 +450,21 @@ def read_folder(folder) -> tuple[dict, dict, dict]:
     return config, metrics, recipe
 
 
-def existing_base_model(folder) -> str | None:
-    """`base_model` of the card already in a folder (e.g. a converter's card), so a rebuilt card keeps it."""
-    path = Path(folder) / "README.md"
-    try:
-        return ModelCard.load(path).data.base_model if path.exists() else None
-    except (ValueError, yaml.YAMLError):  # metadata that does not parse: the card is about to be replaced
-        return None
+def read_conversion(folder) -> dict | None:
+    """The converter's record in a folder (source, base model, measured parity, notes), None for trained weights."""
+    path = Path(folder) / CONVERSION_RECORD
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def write_model_card(folder, metrics: dict, recipe: dict | None = None, model_name: str | None = None, *,
                      base_model: str | None = None, repo_id: str | None = None, revision: str | None = None) -> Path:
-    """Write folder/README.md from folder/config.json, the measured `metrics` and the `recipe`; returns its path."""
+    """Write folder/README.md from folder/config.json (and conversion.json when the weights were converted), the
+    measured `metrics` and the `recipe`; returns its path."""
     folder = Path(folder)
     config = json.loads((folder / "config.json").read_text())
     measured = {**measure_architecture(config), "weights_bytes": weights_size_bytes(folder)}
-    base_model = base_model_of(base_model, metrics.get("base_model"), (recipe or {}).get("model_name_or_path"),
-                               existing_base_model(folder))  # a converter's card names its source
     card = build_model_card(config, metrics, recipe, model_name, measured=measured, base_model=base_model,
-                            repo_id=repo_id, revision=revision)
+                            repo_id=repo_id, revision=revision, conversion=read_conversion(folder))
     path = folder / "README.md"
     card.save(path)
     return path

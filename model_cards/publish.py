@@ -1,15 +1,18 @@
 """Publish finished model folders to the Hub: one repo per folder with its card, then an index card of the zoo.
 
-    python -m model_cards.publish --results outputs/cpu/results.json --repo_prefix user/vix- --dry-run
+    python -m model_cards.publish --results outputs/cpu/results.json --repo_prefix user/vix- --dry_run
     python -m model_cards.publish --results outputs/cpu/results.json --repo_prefix user/vix-
-    python -m model_cards.publish outputs/vix-digits/final --repo_prefix user/vix- --private
+    python -m model_cards.publish --folders outputs/vix-digits/final --repo_prefix user/vix- --private
 
 A folder is a training run's `final/` (training/train.py) or a row of a training/results.py `results.json`
-(its `run_dir/final`). Repo names are the prefix plus the recipe (or folder) name, e.g. `user/vix-cifar10-vit`.
+(its `run_dir/final`). Repo names are the prefix plus the recipe (or folder) name, e.g. `user/vix-cifar10-vit`;
+a name that already starts with the prefix's name part is not prefixed twice (`vix-digits` -> `user/vix-digits`).
 
 Every folder is checked before anything is sent: weights, processor, card, metrics, config and the modeling
-files its `auto_map` needs must be there, or the command stops and says what is missing. Each repo then
-gets two commits through `huggingface_hub` (`create_repo`, `upload_folder`, `upload_file`):
+files its `auto_map` needs must be there, every JSON file must parse, recipe.yaml too, every safetensors file
+must be complete, and the model must load once with `AutoModelForImageClassification.from_pretrained`;
+otherwise the command stops (exit 2) and names the file. Each repo then gets two commits through
+`huggingface_hub` (`create_repo`, `upload_folder`, `upload_file`):
 
 1. the folder without README.md (weights, config, modeling code, processor, metrics.json, recipe.yaml);
 2. the card, rebuilt so its snippets name the repo and pin `revision=` to the commit of step 1.
@@ -18,6 +21,10 @@ Re-running updates the same repos: unchanged files are not committed again, and 
 card keeps its pin, so a second identical run makes no commit at all. A repo that fails (server error,
 missing permission) is reported with what was and was not committed; the others still go through, the
 command exits 1, and the index card is left alone so it never links to a repo that is not complete.
+
+The index repo holds the card (README.md) and its data (zoo.json, one entry per variant). Publishing adds or
+replaces the variants of this run in the index already on the Hub and keeps the others, so publishing one
+folder does not drop the rest of the zoo.
 The token comes from `HF_TOKEN` or `hf auth login`; `HF_ENDPOINT` selects the server.
 """
 
@@ -27,6 +34,8 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from transformers import HfArgumentParser
 
 from .card import REPO_ROOT, build_model_card, pinned_revision, read_folder, write_model_card
 
@@ -43,6 +52,7 @@ REQUIRED = (  # (what, any of these files)
 # intermediate checkpoints, TensorBoard logs.
 EXCLUDE = ["training_args.bin", "checkpoint-*", "runs/*", "__pycache__/*", "*.pyc"]
 CARD = "README.md"
+INDEX_DATA = "zoo.json"  # the index repo's entries, read back and merged by the next publish
 
 
 @dataclass
@@ -84,9 +94,15 @@ def folders_from_results(path) -> list[tuple[Path, str]]:
 
 
 def repo_id_for(prefix: str, name: str) -> str:
+    """`prefix` + `name` as a Hub repo id; a name that already starts with the prefix's name part keeps it once
+    (prefix `user/vix-`, run `vix-digits` -> `user/vix-digits`, not `user/vix-vix-digits`)."""
     from huggingface_hub.utils import validate_repo_id
 
-    repo_id = prefix + name.lower().replace("_", "-")
+    stem = prefix.split("/", 1)[1] if "/" in prefix else ""
+    name = name.lower().replace("_", "-")
+    if stem and name.startswith(stem.lower()):
+        name = name[len(stem):]
+    repo_id = prefix + name
     validate_repo_id(repo_id)
     return repo_id
 
@@ -114,14 +130,87 @@ def code_files(folder: Path) -> set[str]:
 
 def missing_pieces(folder: Path) -> list[str]:
     """What a folder lacks to be published, e.g. ['weights (model.safetensors)', 'modeling code (mixers_vix.py)']."""
-    if not folder.is_dir():
-        return [f"the folder itself ({folder} does not exist)"]
     missing = [f"{what} ({' or '.join(names)})" for what, names in REQUIRED
                if not any((folder / name).exists() for name in names)]
     absent_code = sorted(name for name in code_files(folder) if not (folder / name).exists())
     if absent_code:
         missing.append(f"modeling code ({', '.join(absent_code)}, needed for trust_remote_code)")
     return missing
+
+
+def json_problem(path: Path) -> str | None:
+    """Why a JSON file of a model folder cannot be used (it must parse to an object), or None."""
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError is a ValueError
+        return f"{path}: not valid JSON ({error})"
+    return None if isinstance(data, dict) else f"{path}: not a JSON object (got {type(data).__name__})"
+
+
+def yaml_problem(path: Path) -> str | None:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        return f"{path}: not valid YAML ({str(error).splitlines()[0]})"
+    return None if data is None or isinstance(data, dict) else f"{path}: not a YAML mapping"
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """A truncated or foreign file fails here: safetensors checks that the header's tensors cover the file."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            handle.keys()
+    except (SafetensorError, OSError) as error:
+        return f"{path}: not a complete safetensors file ({str(error).splitlines()[0]})"
+    return None
+
+
+def unreadable_files(folder: Path) -> list[str]:
+    """Every file to upload that does not parse: JSON, YAML, safetensors headers."""
+    readers = {".json": json_problem, ".yaml": yaml_problem, ".yml": yaml_problem, ".safetensors": safetensors_problem}
+    problems = []
+    for name in files_to_upload(folder):
+        reader = readers.get(Path(name).suffix)
+        if reader is not None and (problem := reader(folder / name)):
+            problems.append(problem)
+    return problems
+
+
+def load_problem(folder: Path) -> str | None:
+    """Load the model once, as a user will (what a file check cannot see: tensors that do not fit the config)."""
+    import modeling_vix  # noqa: F401  (registers the ViX Auto classes, so the folder's own code is not run)
+    from transformers import AutoModelForImageClassification
+
+    try:  # ignore_mismatched_sizes=True only so that a tensor of the wrong shape is named in `info`, refused below
+        _, info = AutoModelForImageClassification.from_pretrained(folder, output_loading_info=True,
+                                                                  ignore_mismatched_sizes=True)
+    except Exception as error:  # any failure to load is the folder's, and must stop the publish
+        lines = str(error).strip().splitlines()
+        return f"{folder}: the model does not load ({type(error).__name__}: {lines[0] if lines else ''})"
+    wrong = {name: keys for name in ("missing_keys", "unexpected_keys", "mismatched_keys") if (keys := info.get(name))}
+    if wrong:
+        listing = "; ".join(f"{name}: {sorted(map(str, keys))[:5]}" for name, keys in wrong.items())
+        return f"{folder}: the weights do not fit config.json ({listing})"
+    return None
+
+
+def folder_problems(folder: Path) -> list[str]:
+    """Why a folder cannot be published, checked in order (each step needs the one before): the folder, the
+    files' syntax, the files that must be there, then the model loading."""
+    if not folder.is_dir():
+        return [f"{folder}: missing the folder itself ({folder} does not exist)"]
+    unreadable = unreadable_files(folder)
+    if unreadable:
+        return unreadable
+    missing = missing_pieces(folder)
+    if missing:
+        return [f"{folder}: missing {', '.join(missing)}"]
+    problem = load_problem(folder)
+    return [problem] if problem else []
 
 
 def files_to_upload(folder: Path) -> list[str]:
@@ -134,7 +223,7 @@ def files_to_upload(folder: Path) -> list[str]:
 
 def check_targets(targets: list[Target]) -> list[str]:
     """Every problem that stops the whole publish before anything is sent."""
-    problems = [f"{t.folder}: missing {', '.join(missing)}" for t in targets if (missing := missing_pieces(t.folder))]
+    problems = [problem for target in targets for problem in folder_problems(target.folder)]
     seen = {}
     for target in targets:
         if target.repo_id in seen:
@@ -243,19 +332,43 @@ def publish_folder(api, target: Target, private: bool) -> Outcome:
     return Outcome(target.repo_id, target.folder, status, pin, f"card commit {card.oid[:10]}", index_entry(target, pin))
 
 
+def published_entries(api, index_repo: str, info) -> list[dict]:
+    """The index entries already on the Hub (zoo.json at the head `info`), [] for a new index."""
+    if INDEX_DATA not in [sibling.rfilename for sibling in info.siblings or []]:
+        return []
+    with tempfile.TemporaryDirectory() as cache:
+        path = api.hf_hub_download(index_repo, INDEX_DATA, revision=info.sha, cache_dir=cache)
+        return json.loads(Path(path).read_text())["entries"]
+
+
+def merge_entries(published: list[dict], new: list[dict]) -> list[dict]:
+    """The published entries with this run's replacing those of the same repo (in place) and the rest appended."""
+    by_repo = {entry["repo_id"]: entry for entry in new}
+    merged = [by_repo.pop(entry["repo_id"], entry) for entry in published]
+    return merged + list(by_repo.values())
+
+
 def publish_index(api, index_repo: str, outcomes: list[Outcome], private: bool) -> Outcome:
+    """Add this run's variants to the index on the Hub (card and zoo.json, one commit), keeping the others."""
+    from huggingface_hub import CommitOperationAdd
+
     from .index import build_index_card
 
     try:
         api.create_repo(index_repo, private=private, exist_ok=True)
-        head_before = api.repo_info(index_repo).sha
-        card = build_index_card([o.entry for o in outcomes], endpoint=api.endpoint)
-        commit = api.upload_file(path_or_fileobj=str(card).encode(), path_in_repo=CARD, repo_id=index_repo,
-                                 commit_message=f"Index of {len(outcomes)} ViX variants")
+        info = api.repo_info(index_repo)
+        entries = merge_entries(published_entries(api, index_repo, info), [o.entry for o in outcomes])
+        card = build_index_card(entries, endpoint=api.endpoint)
+        data = json.dumps({"entries": entries}, indent=1, sort_keys=True) + "\n"
+        operations = [CommitOperationAdd(path_in_repo=CARD, path_or_fileobj=str(card).encode()),
+                      CommitOperationAdd(path_in_repo=INDEX_DATA, path_or_fileobj=data.encode())]
+        names = ", ".join(o.repo_id for o in outcomes)
+        commit = api.create_commit(index_repo, operations=operations,
+                                   commit_message=f"Index of {len(entries)} ViX variants (this publish: {names})")
     except Exception as error:
         return Outcome(index_repo, None, "failed", detail=error_text(error))
-    status = "published" if commit.oid != head_before else "unchanged"
-    return Outcome(index_repo, None, status, commit.oid, f"index of {len(outcomes)} variants")
+    status = "published" if commit.oid != info.sha else "unchanged"
+    return Outcome(index_repo, None, status, commit.oid, f"index of {len(entries)} variants")
 
 
 def dry_run(targets: list[Target], index_repo: str | None, endpoint: str) -> list[Outcome]:
@@ -276,7 +389,8 @@ def dry_run(targets: list[Target], index_repo: str | None, endpoint: str) -> lis
             print(f"    not uploaded: {', '.join(excluded)}")
         outcomes.append(Outcome(target.repo_id, target.folder, "dry-run"))
     if index_repo:
-        print(f"\n{index_repo}  <-  index card (README.md) listing {len(targets)} variants with their results")
+        print(f"\n{index_repo}  <-  index card (README.md, {INDEX_DATA}): adds or replaces these {len(targets)} "
+              "variants, keeps the others it lists")
     return outcomes
 
 
@@ -295,24 +409,37 @@ def print_summary(outcomes: list[Outcome]) -> None:
 # Command line
 # ---------------------------------------------------------------------------------------------------------
 
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folders", nargs="*", type=Path, help="model folders (a run's final/)")
-    parser.add_argument("--results", type=Path, help="a training/results.py results.json; publishes every run in it")
-    parser.add_argument("--repo_prefix", required=True, help="namespace and name prefix, e.g. 'user/vix-'")
-    parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
-                        help="list what would be uploaded; send nothing")
-    parser.add_argument("--private", action="store_true", help="create new repos as private")
-    parser.add_argument("--index_repo", default=None,
-                        help="repo for the index card (default: <repo_prefix>zoo); '' for none")
-    parser.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the saved login)")
-    parser.add_argument("--endpoint", default=None,
-                        help="Hub URL (default: HF_ENDPOINT, else https://huggingface.co); prefer HF_ENDPOINT, which "
-                             "every huggingface_hub call reads")
-    return parser
+@dataclass
+class PublishArguments:
+    repo_prefix: str = field(metadata={"help": "Namespace and name prefix, e.g. 'user/vix-'."})
+    folders: list[Path] = field(default_factory=list, metadata={"help": "Model folders (a run's final/)."})
+    results: Path | None = field(default=None, metadata={
+        "help": "A training/results.py results.json; publishes every run in it."})
+    dry_run: bool = field(default=False, metadata={"help": "List what would be uploaded; send nothing."})
+    private: bool = field(default=False, metadata={"help": "Create new repos as private."})
+    index_repo: str | None = field(default=None, metadata={
+        "help": "Repo for the index card (default: <repo_prefix>zoo); '' for none."})
+    token: str | None = field(default=None, metadata={"help": "Hub token (default: HF_TOKEN or the saved login)."})
+    endpoint: str | None = field(default=None, metadata={
+        "help": "Hub URL (default: HF_ENDPOINT, else https://huggingface.co); prefer HF_ENDPOINT, which every "
+                "huggingface_hub call reads."})
 
 
-def collect_targets(args) -> list[Target]:
+def make_parser() -> HfArgumentParser:
+    """HfArgumentParser over a dataclass, the style of training/train.py and conversion/ (underscore flags)."""
+    return HfArgumentParser(PublishArguments, prog="python -m model_cards.publish", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def parse_arguments(parser: HfArgumentParser, argv=None):
+    """The parsed dataclass; an unknown flag is a usage error (exit 2), not HfArgumentParser's ValueError."""
+    args, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if remaining:
+        parser.error(f"unrecognized arguments: {' '.join(remaining)}")
+    return args
+
+
+def collect_targets(args: PublishArguments) -> list[Target]:
     pairs = [(folder, folder_name(folder)) for folder in args.folders]
     if args.results:
         pairs += folders_from_results(args.results)
@@ -322,11 +449,11 @@ def collect_targets(args) -> list[Target]:
 def main(argv=None) -> int:
     """Exit status: 0 all published, 1 some repo failed, 2 nothing sent (bad input)."""
     parser = make_parser()
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv)
     if "/" not in args.repo_prefix:
         parser.error("--repo_prefix needs a namespace, e.g. 'user/vix-'")
     if not args.folders and not args.results:
-        parser.error("give model folders or --results")
+        parser.error("give --folders or --results")
     try:
         targets = collect_targets(args)
     except (OSError, ValueError, KeyError) as error:

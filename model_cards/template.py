@@ -1,9 +1,10 @@
 """The one model-card template (Jinja2 with `trim_blocks`: a line holding only a
 `{% ... %}` tag leaves no blank line; StrictUndefined: a missing value is an error, not a blank).
 
-Every variant's card comes from this text and the data in its folder (config.json, metrics.json, recipe.yaml)
-plus the architecture numbers measured in `measure.py`; nothing here is specific to one variant. Numbers
-arrive pre-formatted from `card.card_context`; a row whose value was not measured is left out.
+Every variant's card, trained or converted, comes from this text and the data in its folder (config.json,
+metrics.json, recipe.yaml; conversion.json for converted weights) plus the architecture numbers measured in
+`measure.py`; nothing here is specific to one variant. Numbers arrive pre-formatted from `card.card_context`;
+a row whose value was not measured is left out.
 """
 
 CARD_TEMPLATE = """\
@@ -12,7 +13,8 @@ CARD_TEMPLATE = """\
 A **{{ variant }}** image classifier from the ViX family (*Vision Xformers: Efficient Attention for Image \
 Classification*, Jeevan & Sethi, [arXiv 2107.02239]({{ paper_url }})): a ViT whose token mixer is \
 {{ mixer_summary }}{% if embedding_type == "conv" %}, with the convolutional patch embedding ("hybrid"){% endif %}, \
-using {{ position_summary }}.{% if base_model %} Fine-tuned from `{{ base_model }}`.{% endif %}\
+using {{ position_summary }}.{% if conversion %} Converted from **{{ conversion.source }}**.\
+{% elif base_model %} Fine-tuned from `{{ base_model }}`.{% endif %}\
 {% if dataset %} Trained on **{{ dataset }}**.{% endif %}
 
 
@@ -82,6 +84,33 @@ args = TrainingArguments("vix-finetuned", remove_unused_columns=False, num_train
 or, from the ViX repository: `python -m training.train --model_name_or_path {{ model_ref }} --trust_remote_code true \
 --dataset_name path/to/images --ignore_mismatched_sizes true`.
 
+{% if conversion %}
+## Conversion
+
+Converted from **{{ conversion.source }}** with `conversion/` of the ViX repository: every source tensor was \
+used and every ViX tensor filled.
+
+### Measured parity (logits, eval mode, fp32)
+
+{% if parity_rows %}
+| reference | ViX attention_type | max abs logit diff | reference logit scale | top-1 agreement | inputs |
+|---|---|---|---|---|---|
+{% for row in parity_rows %}
+| {{ row | join(" | ") }} |
+{% endfor %}
+{% else %}
+Parity was not measured (the source model could not be built here).
+{% endif %}
+{% if conversion_notes %}
+
+{% for note in conversion_notes %}
+- {{ note }}
+{% endfor %}
+{% endif %}
+
+Every number above comes from `conversion.json`, written by the conversion that produced these weights.
+
+{% endif %}
 ## Training procedure
 
 {% if training_rows %}
@@ -103,6 +132,8 @@ repository re-runs it.
 ```
 
 </details>
+{% elif conversion %}
+These weights were converted (see Conversion above), not trained with ViX.
 {% else %}
 No recipe was recorded with this model.
 {% endif %}

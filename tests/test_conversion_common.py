@@ -7,6 +7,7 @@ test_conversion_transformers.py. All source weights are random; inputs are real 
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -16,6 +17,8 @@ import pytest
 import torch
 from torch import nn
 
+from conversion import common
+from model_cards.card import card_tags
 from conversion.common import (
     ConversionError,
     Rule,
@@ -23,9 +26,11 @@ from conversion.common import (
     clean_state_dict,
     load_state_dict_file,
     load_strict,
+    parse_config_overrides,
     patch_linear_to_conv,
     patch_vector_to_unfold_order,
     rename,
+    run_cli,
     split,
 )
 
@@ -68,6 +73,33 @@ def report(result, what: str) -> dict:
               f"{entry['max_abs_logit_diff']:.2e} (logit scale {entry['reference_logit_scale']:.2f}, "
               f"top-1 agreement {entry['top1_agreement']:.0%})")
     return result.parity[0]
+
+
+def assert_cli_refuses(main, argv, output_dir: Path, capsys, match: str) -> str:
+    """The converter's own error: exit status 2, one line on stderr matching `match`, no output folder."""
+    capsys.readouterr()
+    assert run_cli(lambda: main([*map(str, argv), "--output_dir", str(output_dir)])) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert re.search(match, lines[0]), lines[0]
+    assert not output_dir.exists() and not list(output_dir.parent.glob(f".{output_dir.name}.*"))
+    return lines[0]
+
+
+def truncated_copy(path: Path, target: Path) -> Path:
+    data = path.read_bytes()
+    target.write_bytes(data[: len(data) // 2])
+    return target
+
+
+class WritesAFileWhenUnpickled:
+    """Unpickling this runs code (it opens `marker` for writing): proof of whether a loader unpickles."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
 
 
 def assert_nothing_written(path: Path) -> None:
@@ -136,6 +168,109 @@ def test_safe_loading(tmp_path):
         clean_state_dict({"weight": torch.zeros(1), "step": 3})
 
 
+def test_unreadable_safetensors_files_are_refused_and_never_unpickled(tmp_path):
+    """A truncated .safetensors and a torch pickle named .safetensors: a ConversionError naming the file (not a
+    SafetensorError traceback), and the pickle is never unpickled (its code would create `marker`)."""
+    from safetensors.torch import save_file
+
+    save_file(nn.Linear(30, 20).state_dict(), tmp_path / "weights.safetensors")
+    truncated = truncated_copy(tmp_path / "weights.safetensors", tmp_path / "truncated.safetensors")
+    with pytest.raises(ConversionError, match=r"truncated\.safetensors is not a readable safetensors file"):
+        load_state_dict_file(truncated)
+    marker = tmp_path / "unpickled"
+    torch.save({"weight": WritesAFileWhenUnpickled(marker)}, tmp_path / "pickle.safetensors")
+    with pytest.raises(ConversionError, match=r"pickle\.safetensors is not a readable safetensors file"):
+        load_state_dict_file(tmp_path / "pickle.safetensors")
+    assert not marker.exists()
+
+
+def test_a_missing_source_tensor_is_a_conversion_error_naming_it():
+    state = clean_state_dict({"cls_token": torch.zeros(1, 1, 4)}, what="vit-pytorch ViT (vit.pt)")
+    with pytest.raises(ConversionError, match=r"vit-pytorch ViT \(vit\.pt\) has no 'pos_embedding'"):
+        state["pos_embedding"]
+    assert "pos_embedding" not in state and state.get("pos_embedding") is None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Images for the parity check, with or without the offline CIFAR-10 copy
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_real_images_without_the_cifar10_copy(tmp_path, monkeypatch):
+    """A clean clone without ../shared: the test fixture and the converters' default parity images are real
+    images (scikit-learn's digits, 32x32 RGB), not a skip and not noise."""
+    from conftest import real_test_images
+
+    images, labels = real_test_images(tmp_path / "no-cifar10")
+    assert len(images) == len(labels) == 16 and labels[:10] == list(range(10))
+    assert all(image.size == (32, 32) and image.mode == "RGB" for image in images)
+    low, high = images[0].getextrema()[0]
+    assert len({image.tobytes() for image in images}) == 16 and low == 0 and high > 200  # distinct ink on paper
+
+    monkeypatch.setattr(common, "DEFAULT_CIFAR10", tmp_path / "no-cifar10" / "test.parquet")
+    loaded, description = common.load_images(None, limit=4)
+    assert len(loaded) == 4 and "digits" in description
+    from modeling_vix import VixImageProcessor
+
+    pixels, inputs = common.parity_pixels(VixImageProcessor(), None, 3, (32, 32))
+    assert pixels.shape == (8, 3, 32, 32) and inputs.startswith("8 real images")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One CLI style: HfArgumentParser over dataclasses, underscore flags, training's --config_overrides
+# ---------------------------------------------------------------------------------------------------------
+
+CONVERTER_MODULES = ("conversion.from_vision_xformer", "conversion.from_vit_pytorch", "conversion.from_transformers_vit")
+
+
+@pytest.mark.parametrize("module_name", CONVERTER_MODULES)
+def test_converter_clis_share_the_training_style(module_name, capsys):
+    import importlib
+
+    from transformers import HfArgumentParser
+
+    module = importlib.import_module(module_name)
+    parser = module.cli_parser()
+    assert isinstance(parser, HfArgumentParser)
+    flags = [action.option_strings[0] for action in parser._actions if action.option_strings[0] != "-h"]
+    assert flags and all(re.fullmatch(r"--[a-z0-9_]+", flag) for flag in flags), flags
+    assert "--vix_option" not in flags and "--output_dir" in flags
+    required = [value for action in parser._actions if action.required for value in (action.option_strings[0], "x")]
+    with pytest.raises(SystemExit) as exit_info:  # an unknown flag is a usage error, not a ValueError traceback
+        module.main([*required, "--bogus_flag", "1"])
+    assert exit_info.value.code == 2 and "unrecognized arguments: --bogus_flag 1" in capsys.readouterr().err
+
+
+def test_config_overrides_read_like_update_from_string():
+    from modeling_vix import VixConfig
+
+    text = "nystrom_num_landmarks=49,qkv_bias=true,layer_norm_eps=1e-5,nystrom_padding=zeros_front"
+    expected = VixConfig()
+    expected.update_from_string(text)
+    overrides = parse_config_overrides(text)
+    assert overrides == {"nystrom_num_landmarks": 49, "qkv_bias": True, "layer_norm_eps": 1e-5,
+                         "nystrom_padding": "zeros_front"}
+    assert all(getattr(expected, key) == value for key, value in overrides.items())
+    assert parse_config_overrides(None) == {} == parse_config_overrides("")
+    with pytest.raises(ConversionError, match="isn't in the original config"):
+        parse_config_overrides("not_a_field=1")
+    with pytest.raises(ConversionError, match="true or false"):
+        parse_config_overrides("qkv_bias=maybe")
+
+
+def test_readme_conversion_commands_parse():
+    """Every `python -m conversion.*` command of the README parses with that converter's own parser."""
+    import importlib
+    import shlex
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    commands = re.findall(r"^python -m (conversion\.\w+) (.*)$", readme, flags=re.M)
+    assert len(commands) >= 3
+    for module_name, rest in commands:
+        parser = importlib.import_module(module_name).cli_parser()
+        common.parse_arguments(parser, shlex.split(rest.split("#")[0]))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Written folders load with trust_remote_code where neither modeling_vix nor conversion is importable
 # ---------------------------------------------------------------------------------------------------------
@@ -185,7 +320,7 @@ def test_written_folders_load_with_remote_code_in_a_fresh_process(tmp_path, cifa
         "vision_xformer": convert_vision_xformer(vin, tmp_path / "vin", images=images),
         "vit_pytorch": convert_vit_pytorch(vit, tmp_path / "vit", images=images),
         "transformers": convert_transformers_vit(str(tmp_path / "hf-vit"), tmp_path / "nystrom", images=images,
-                                                 attention_type="nystrom", vix_options={"nystrom_num_landmarks": 16}),
+                                                 attention_type="nystrom", config_overrides={"nystrom_num_landmarks": 16}),
     }
     pixels = {name: result.processor(images, return_tensors="pt")["pixel_values"] for name, result in results.items()}
     torch.save(pixels, tmp_path / "pixels.pt")
@@ -200,7 +335,7 @@ def test_written_folders_load_with_remote_code_in_a_fresh_process(tmp_path, cifa
     for name, result in results.items():
         assert out[name]["class"].startswith("transformers_modules")  # the folder's own copy of the code
         assert out[name]["processor"] == "VixImageProcessor"
-        assert "vix" in out[name]["tags"] and result.config.attention_type in out[name]["tags"]
+        assert out[name]["tags"] == card_tags(result.config.to_dict(), converted=True)  # the one tag vocabulary
         with torch.no_grad():
             expected = result.model(pixels[name]).logits
         torch.testing.assert_close(torch.tensor(out[name]["logits"]), expected, atol=1e-6, rtol=0)

@@ -17,7 +17,14 @@ from transformers import (
 
 from conversion.common import ConversionError
 from conversion.from_transformers_vit import convert_transformers_vit, main
-from test_conversion_common import _one_thread, assert_nothing_written, randomize, report  # noqa: F401
+from test_conversion_common import (  # noqa: F401
+    _one_thread,
+    assert_cli_refuses,
+    assert_nothing_written,
+    randomize,
+    report,
+    truncated_copy,
+)
 
 
 ATOL = 1e-4
@@ -61,7 +68,7 @@ def test_softmax_logits_match_vit(size, vit_folders, cifar_images, tmp_path):
 @torch.no_grad()
 def test_linear_attention_starts_from_the_vit_weights(attention_type, vit_folders, cifar_images, tmp_path):
     result = convert_transformers_vit(str(vit_folders["tiny"]), tmp_path / "vix", attention_type=attention_type,
-                                      vix_options=MIXER_OPTIONS[attention_type], images=cifar_images[0][:8])
+                                      config_overrides=MIXER_OPTIONS[attention_type], images=cifar_images[0][:8])
     parity = report(result, f"transformers ViT tiny -> {attention_type}")
     assert not parity["expected_exact"] and torch.isfinite(torch.tensor(parity["max_abs_logit_diff"]))
     source = ViTForImageClassification.from_pretrained(vit_folders["tiny"])
@@ -110,9 +117,11 @@ def test_cli(vit_folders, tmp_path, cifar_images, capsys):
         main(["--help"])
     assert exit_info.value.code == 0 and "--attention_type" in capsys.readouterr().out
     cifar_images[0][0].save(tmp_path / "image.png")
-    result = main(["--model", str(vit_folders["tiny"]), "--attention_type", "nystrom", "--vix_option",
-                   "nystrom_num_landmarks=16", "--output_dir", str(tmp_path / "out"), "--images", str(tmp_path)])
-    assert result.config.nystrom_num_landmarks == 16 and (tmp_path / "out" / "model.safetensors").exists()
+    result = main(["--model", str(vit_folders["tiny"]), "--attention_type", "nystrom", "--config_overrides",
+                   "nystrom_num_landmarks=16,nystrom_pinv_iterations=4", "--output_dir", str(tmp_path / "out"),
+                   "--images", str(tmp_path)])
+    assert (result.config.nystrom_num_landmarks, result.config.nystrom_pinv_iterations) == (16, 4)
+    assert (tmp_path / "out" / "model.safetensors").exists()
 
 
 def test_errors_write_nothing(vit_folders, tmp_path):
@@ -120,10 +129,10 @@ def test_errors_write_nothing(vit_folders, tmp_path):
     with pytest.raises(ConversionError, match="no queries, keys or values"):
         convert_transformers_vit(str(vit_folders["tiny"]), out, attention_type="fnet")
     with pytest.raises(ConversionError, match="cannot be set"):
-        convert_transformers_vit(str(vit_folders["tiny"]), out, vix_options={"hidden_size": 64})
-    with pytest.raises(ConversionError, match="Invalid ViX options"):
+        convert_transformers_vit(str(vit_folders["tiny"]), out, config_overrides="hidden_size=64")
+    with pytest.raises(ConversionError, match="Invalid config_overrides"):
         convert_transformers_vit(str(vit_folders["tiny"]), out, attention_type="nystrom",
-                                 vix_options={"nystrom_residual_conv_kernel": 4})
+                                 config_overrides={"nystrom_residual_conv_kernel": 4})
     ViTModel(ViTConfig(**TINY)).save_pretrained(tmp_path / "backbone")  # no classifier
     with pytest.raises(ConversionError, match="does not load strictly"):
         convert_transformers_vit(str(tmp_path / "backbone"), out)
@@ -134,3 +143,26 @@ def test_errors_write_nothing(vit_folders, tmp_path):
     with pytest.raises(ConversionError, match="Unsupported source architecture"):
         convert_transformers_vit(str(tmp_path / "vix"), out)
     assert_nothing_written(out)
+
+
+def test_broken_checkpoints_are_one_line_errors(vit_folders, tmp_path, capsys):
+    """Errors raised inside from_pretrained (a truncated checkpoint, a tensor of the wrong shape) and bad
+    --config_overrides are the converter's own error: exit 2, one line, nothing written."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    truncated = tmp_path / "truncated"
+    shutil.copytree(vit_folders["tiny"], truncated)
+    truncated_copy(vit_folders["tiny"] / "model.safetensors", truncated / "model.safetensors")
+    assert_cli_refuses(main, ["--model", truncated], tmp_path / "out", capsys, "truncated cannot be loaded")
+
+    wrong_shape = tmp_path / "wrong-shape"
+    shutil.copytree(vit_folders["tiny"], wrong_shape)
+    tensors = load_file(wrong_shape / "model.safetensors")
+    save_file({**tensors, "classifier.bias": torch.zeros(3)}, wrong_shape / "model.safetensors", metadata={"format": "pt"})
+    assert_cli_refuses(main, ["--model", wrong_shape], tmp_path / "out", capsys,
+                       r"wrong-shape does not load strictly.*mismatched_keys: .*classifier\.bias")
+
+    assert_cli_refuses(main, ["--model", vit_folders["tiny"], "--config_overrides", "no_such_field=1"],
+                       tmp_path / "out", capsys, "no_such_field")

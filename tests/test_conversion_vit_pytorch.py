@@ -11,7 +11,15 @@ import torch
 
 from conversion.common import ConversionError
 from conversion.from_vit_pytorch import convert_vit_pytorch, load_vit_pytorch_vit, main
-from test_conversion_common import _one_thread, assert_nothing_written, randomize, report  # noqa: F401
+from test_conversion_common import (  # noqa: F401
+    WritesAFileWhenUnpickled,
+    _one_thread,
+    assert_cli_refuses,
+    assert_nothing_written,
+    randomize,
+    report,
+    truncated_copy,
+)
 
 
 if importlib.util.find_spec("vit_pytorch") is None:
@@ -83,3 +91,23 @@ def test_errors_write_nothing(tmp_path):
     with pytest.raises(ConversionError, match="Not a vit-pytorch"):
         convert_vit_pytorch({"weight": torch.zeros(2, 2)}, out, num_attention_heads=4)
     assert_nothing_written(out)
+
+
+def test_broken_checkpoints_are_one_line_errors(tmp_path, capsys):
+    """A truncated .safetensors, a pickle named .safetensors (never unpickled) and a state dict without
+    `pos_embedding`: the converter's own error, exit 2, one line, nothing written."""
+    from safetensors.torch import save_file
+
+    state = build("tiny-cls").state_dict()
+    save_file(state, tmp_path / "vit.safetensors")
+    truncated = truncated_copy(tmp_path / "vit.safetensors", tmp_path / "truncated.safetensors")
+    marker = tmp_path / "unpickled"
+    torch.save({"pos_embedding": WritesAFileWhenUnpickled(marker)}, tmp_path / "pickle.safetensors")
+    torch.save({k: v for k, v in state.items() if k != "pos_embedding"}, tmp_path / "no_positions.pt")
+    cases = {truncated: "truncated.safetensors is not a readable safetensors file",
+             tmp_path / "pickle.safetensors": "pickle.safetensors is not a readable safetensors file",
+             tmp_path / "no_positions.pt": "no_positions.pt has no 'pos_embedding'"}
+    for checkpoint, message in cases.items():
+        assert_cli_refuses(main, ["--checkpoint", checkpoint, "--num_attention_heads", 4], tmp_path / "out", capsys,
+                           message)
+    assert not marker.exists()

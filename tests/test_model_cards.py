@@ -118,23 +118,45 @@ def test_limitations_follow_the_config_and_the_data(tmp_path):
     assert "local copy" not in hub_data
 
 
-def test_base_model_from_fine_tune_recipe_or_converter_card(tmp_path):
-    from conversion.common import ConversionResult, build_card
-
+def test_base_model_from_fine_tune_recipe(tmp_path):
     fine_tuned = build_model_card(config_dict(), METRICS, {**RECIPE, "model_name_or_path": "google/vit-base-patch16-224"})
     assert fine_tuned.data.base_model == "google/vit-base-patch16-224"
     local_parent = build_model_card(config_dict(), METRICS, {**RECIPE, "model_name_or_path": str(tmp_path)})
     assert local_parent.data.base_model is None and f"Fine-tuned from `{tmp_path}`" in local_parent.text
 
-    # A converted folder: the converter's card names the source; a rebuilt card keeps it.
-    model = VixForImageClassification(tiny_config())
-    model.save_pretrained(tmp_path / "converted")
-    VixImageProcessor().save_pretrained(tmp_path / "converted")
-    result = ConversionResult(model=model, processor=VixImageProcessor())
-    build_card(result, source="transformers ViT", base_model="google/vit-base-patch16-224").save(
-        tmp_path / "converted" / "README.md")
-    write_model_card(tmp_path / "converted", {}, None)
-    assert ModelCard.load(tmp_path / "converted" / "README.md").data.base_model == "google/vit-base-patch16-224"
+
+def test_converted_folders_get_the_same_card_builder_and_tags(tmp_path):
+    """A converter's card is this builder's card (one layout, one tag vocabulary), stated from conversion.json,
+    so rebuilding or publishing the folder keeps its source, base model and measured parity."""
+    import torch
+
+    import conversion.common
+    from conversion.common import ConversionResult, write_folder
+
+    assert not hasattr(conversion.common, "build_card")  # no second card builder
+    config = tiny_config(attention_type="nystrom")
+    result = ConversionResult(model=VixForImageClassification(config).eval(), processor=VixImageProcessor())
+    result.parity.append({"reference": "transformers ViTForImageClassification", "attention_type": "nystrom",
+                          "max_abs_logit_diff": 0.0123, "reference_logit_scale": 3.5, "top1_agreement": 0.75,
+                          "inputs": "4 real images (test)", "expected_exact": False})
+    result.notes.append("Nystrom's residual conv starts at zero.")
+    folder = write_folder(result, tmp_path / "vix-vin-converted", source="transformers ViTForImageClassification (vit)",
+                          base_model="google/vit-base-patch16-224", check_pixels=torch.randn(1, 3, 32, 32))
+    text = (folder / "README.md").read_text()
+    card = ModelCard.load(folder / "README.md")
+    trained = build_model_card(config.to_dict(), METRICS, RECIPE)
+    assert card.data.tags == trained.data.tags + ["converted"]
+    assert "attention-nystrom" in card.data.tags and "nystrom" not in card.data.tags
+    assert card.data.base_model == "google/vit-base-patch16-224" and card.data.model_name == "vix-vin"
+    for section in ("## Model", "## How to use", "## Conversion", "## Training procedure", "## Limitations"):
+        assert section in text, section
+    assert "| transformers ViTForImageClassification | `nystrom` | 1.23e-02 | 3.50e+00 | 75% | 4 real images (test) |" in text
+    assert "Nystrom's residual conv starts at zero." in text and "Converted from **transformers" in text
+    assert str(tmp_path) not in text  # no local paths in a folder meant for the Hub
+
+    (folder / "README.md").write_text("stale")
+    assert rebuild_main(["--folders", str(folder)]) == 0
+    assert (folder / "README.md").read_text() == text  # rebuilt from the folder's own files: the same card
 
 
 def test_usage_snippets_compile_and_pin_the_revision():
@@ -162,7 +184,7 @@ def test_write_model_card_signature_and_refresh_command(tmp_path):
     written = path.read_text()
     assert "ViP" in written and "weights (safetensors)" in written
     path.write_text("stale")
-    assert rebuild_main([str(folder)]) == 0
+    assert rebuild_main(["--folders", str(folder)]) == 0
     assert (folder / "README.md").read_text() == written  # rebuilt from the folder's own files, same card
 
 

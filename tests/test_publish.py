@@ -199,7 +199,7 @@ def test_republish_updates_in_place_and_pins_the_new_commit(zoo, hub, published,
     old_pin = pinned_revision(hub.files(repo)["README.md"].decode())
     metrics = folder / "metrics.json"
     metrics.write_text(metrics.read_text() + "\n")  # a changed file in the folder (same values)
-    assert run_publish(hub, folder, "--repo_prefix", PREFIX, "--index_repo", "") == 0
+    assert run_publish(hub, "--folders", folder, "--repo_prefix", PREFIX, "--index_repo", "") == 0
     commits = hub.commits(repo)
     assert len(commits) == len(before[repo]) + 2 and set(hub.repos) == set(before)
     assert pinned_revision(hub.files(repo)["README.md"].decode()) == commits[-2].oid != old_pin
@@ -210,7 +210,7 @@ def test_republish_updates_in_place_and_pins_the_new_commit(zoo, hub, published,
 def test_dry_run_lists_what_would_be_uploaded_and_sends_nothing(zoo, capsys):
     cards = {repo: (folder / "README.md").read_text() for repo, folder in folders(zoo).items()}
     with FakeHub() as hub:
-        assert run_publish(hub, "--results", zoo, "--repo_prefix", PREFIX, "--dry-run") == 0
+        assert run_publish(hub, "--results", zoo, "--repo_prefix", PREFIX, "--dry_run") == 0
         assert hub.requests == []
     out = capsys.readouterr().out
     for repo, folder in folders(zoo).items():
@@ -229,11 +229,11 @@ def test_incomplete_folders_and_a_missing_token_are_refused_before_anything_is_s
     for name in ("model.safetensors", "metrics.json", "mixers_vix.py"):
         (broken / name).unlink()
     with FakeHub() as hub:
-        assert run_publish(hub, broken, tmp_path / "absent", source, "--repo_prefix", PREFIX) == 2
+        assert run_publish(hub, "--folders", broken, tmp_path / "absent", source, "--repo_prefix", PREFIX) == 2
         assert hub.requests == []
-        assert run_publish(hub, source, source, "--repo_prefix", PREFIX) == 2
+        assert run_publish(hub, "--folders", source, source, "--repo_prefix", PREFIX) == 2
         monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
-        assert publish.main([str(source), "--repo_prefix", PREFIX, "--endpoint", hub.url]) == 2
+        assert publish.main(["--folders", str(source), "--repo_prefix", PREFIX, "--endpoint", hub.url]) == 2
         assert hub.requests == []
     err = capsys.readouterr().err
     assert "no Hub token: set HF_TOKEN or run `hf auth login`" in err
@@ -264,13 +264,112 @@ def test_failed_card_commit_is_reported_and_a_rerun_finishes(zoo, monkeypatch, c
     repo, folder = REPOS[0], folders(zoo)[REPOS[0]]
     with FakeHub() as hub:
         hub.fail("commit", repo, status=503, after=1)  # the files commit goes through, the card's does not
-        assert run_publish(hub, folder, "--repo_prefix", PREFIX, "--index_repo", "") == 1
+        assert run_publish(hub, "--folders", folder, "--repo_prefix", PREFIX, "--index_repo", "") == 1
         files_commit = hub.commits(repo)[-1].oid
         assert "README.md" not in hub.files(repo)
         assert re.search(rf"error: {repo}: .*503.*head is now {files_commit[:10]}.*re-run to finish",
                          capsys.readouterr().err)
 
         hub.failures.clear()
-        assert run_publish(hub, folder, "--repo_prefix", PREFIX, "--index_repo", "") == 0
+        assert run_publish(hub, "--folders", folder, "--repo_prefix", PREFIX, "--index_repo", "") == 0
         assert len(hub.commits(repo)) == 3  # only the card was added
         assert pinned_revision(hub.files(repo)["README.md"].decode()) == files_commit
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The index merges what is already published; repo names as the README says
+# ---------------------------------------------------------------------------------------------------------
+
+def index_rows(hub: FakeHub) -> list[str]:
+    return [line for line in hub.files(INDEX)["README.md"].decode().splitlines() if line.startswith("| [")]
+
+
+def test_publishing_one_folder_keeps_the_other_variants_in_the_index(zoo, tmp_path):
+    """Publishing variants one at a time adds each to the index already on the Hub; re-publishing one replaces
+    its entry (new pin, new numbers) and keeps the others."""
+    first, second = REPOS
+    with FakeHub() as hub:
+        assert run_publish(hub, "--folders", folders(zoo)[first], "--repo_prefix", PREFIX) == 0
+        assert [row.split("]")[0] for row in index_rows(hub)] == [f"| [{first}"]
+        assert run_publish(hub, "--folders", folders(zoo)[second], "--repo_prefix", PREFIX) == 0
+        assert [row.split("]")[0] for row in index_rows(hub)] == [f"| [{first}", f"| [{second}"]
+        assert "zoo.json" in hub.files(INDEX) and len(hub.commits(INDEX)) == 3  # one commit per publish
+
+        changed = tmp_path / "tiny_vit" / "final"  # the same run name, so the same repo, with another accuracy
+        shutil.copytree(folders(zoo)[first], changed)
+        metrics = json.loads((changed / "metrics.json").read_text())
+        (changed / "metrics.json").write_text(json.dumps({**metrics, "test_accuracy": 0.123456}))
+        assert run_publish(hub, "--folders", changed, "--repo_prefix", PREFIX) == 0
+        rows = index_rows(hub)
+        assert [row.split("]")[0] for row in rows] == [f"| [{first}", f"| [{second}"]
+        assert "12.35%" in rows[0] and "12.35%" not in rows[1]
+        entries = json.loads(hub.files(INDEX)["zoo.json"])["entries"]
+        assert entries[0]["revision"] == pinned_revision(hub.files(first)["README.md"].decode())
+
+
+def test_repo_names_are_what_the_readme_says():
+    """The README's one-folder example publishes to the repo its comment names (the prefix is not doubled)."""
+    import shlex
+
+    assert publish.repo_id_for("user/vix-", "vix-digits") == "user/vix-digits"
+    assert publish.repo_id_for("user/vix-", "cifar10_hybrid_vin_rope") == "user/vix-cifar10-hybrid-vin-rope"
+    assert publish.repo_id_for("user/", "vix-digits") == "user/vix-digits"
+    readme = (ROOT / "README.md").read_text()
+    examples = re.findall(r"^python -m model_cards\.publish (--folders .*?)\s+# one folder: (\S+)$", readme, flags=re.M)
+    assert examples, "the README shows publishing one folder and the repo it goes to"
+    for flags, stated in examples:
+        args = publish.parse_arguments(publish.make_parser(), shlex.split(flags.replace("<user>", "user")))
+        assert [target.repo_id for target in publish.collect_targets(args)] == [stated.replace("<user>", "user")]
+    for command in re.findall(r"python -m model_cards\.publish (.*?)(?:\s+#.*)?$", readme, flags=re.M):
+        publish.parse_arguments(publish.make_parser(), shlex.split(command.replace("<user>", "user")))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Every file is checked before the first upload
+# ---------------------------------------------------------------------------------------------------------
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def wrong_shape(path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(path)
+    save_file({**tensors, "classifier.bias": torch.zeros(3)}, path, metadata={"format": "pt"})
+
+
+CORRUPTIONS = {
+    "model.safetensors": (truncate, "not a complete safetensors file"),
+    "metrics.json": (lambda path: path.write_text('{"test_accuracy": 0.5'), "not valid JSON"),
+    "config.json": (lambda path: path.write_text("{"), "not valid JSON"),
+    "preprocessor_config.json": (lambda path: path.write_text("[1, 2]"), "not a JSON object"),
+    "recipe.yaml": (lambda path: path.write_text("a: [1, 2"), "not valid YAML"),
+}
+
+
+@pytest.mark.parametrize("name", list(CORRUPTIONS))
+def test_corrupt_files_are_refused_before_anything_is_sent(zoo, tmp_path, capsys, name):
+    corrupt, message = CORRUPTIONS[name]
+    folder = tmp_path / "tiny_vit"
+    shutil.copytree(folders(zoo)[REPOS[0]], folder)
+    corrupt(folder / name)
+    with FakeHub() as hub:
+        assert run_publish(hub, "--folders", folder, "--repo_prefix", PREFIX) == 2
+        assert hub.requests == []
+    err = capsys.readouterr().err
+    assert f"{folder / name}: {message}" in err and "nothing was uploaded" in err and "Traceback" not in err
+
+
+def test_weights_that_do_not_fit_the_config_are_refused(zoo, tmp_path, capsys):
+    """A complete safetensors file whose tensors do not fit config.json: only loading the model shows it."""
+    folder = tmp_path / "tiny_vit"
+    shutil.copytree(folders(zoo)[REPOS[0]], folder)
+    wrong_shape(folder / "model.safetensors")
+    with FakeHub() as hub:
+        assert run_publish(hub, "--folders", folder, "--repo_prefix", PREFIX) == 2
+        assert hub.requests == []
+    err = capsys.readouterr().err
+    assert re.search(rf"{re.escape(str(folder))}: the weights do not fit config.json \(mismatched_keys: .*classifier",
+                     err), err
