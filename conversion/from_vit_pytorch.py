@@ -1,6 +1,17 @@
-"""Convert lucidrains' `vit-pytorch` ViT (the code base the paper's models were built on) into a softmax ViX.
+"""Convert lucidrains' `vit-pytorch` ViT, CCT or PiT (the code base the paper's models were built on) into ViX.
 
     python -m conversion.from_vit_pytorch --checkpoint vit.pt --num_attention_heads 8 --output_dir vix-vit
+    python -m conversion.from_vit_pytorch --architecture cct --checkpoint cct.pt --output_dir vix-cct \
+        --source_kwargs '{"img_size": 32, "embedding_dim": 128, "n_conv_layers": 2, "kernel_size": 3,
+                          "num_layers": 4, "num_heads": 4, "mlp_ratio": 2, "num_classes": 10,
+                          "positional_embedding": "learnable"}' [--attention_type nystrom]
+
+CCT and PiT (`--architecture cct|pit`): `--source_kwargs` is the JSON of the keyword arguments the source was
+built with (`vit_pytorch.cct.CCT(...)`, `vit_pytorch.pit.PiT(...)`); the converter builds the source from them,
+loads the checkpoint into it strictly and checks the logits (conversion/vit_pytorch_backbones.py).
+`--attention_type` carries the converted softmax model's projections into another mixer.
+
+ViT (the default architecture):
 
 Supported: the layout of vit-pytorch 1.x (`vit_pytorch/vit.py`: LayerNorm inside `Attention` and
 `FeedForward`, a final `transformer.norm`, `mlp_head` a single Linear), with or without the LayerNorms
@@ -258,10 +269,19 @@ def convert_vit_pytorch(
 
 @dataclass
 class VitPytorchArguments:
-    """What a vit-pytorch ViT state dict does not show (the head count) or what to override."""
+    """What a vit-pytorch state dict does not show (the head count, a CCT's or PiT's build arguments)."""
 
-    checkpoint: str = field(metadata={"help": "State dict of a vit-pytorch ViT (.pt/.pth via weights_only, or "
-                                              ".safetensors)."})
+    checkpoint: str = field(metadata={"help": "State dict of a vit-pytorch ViT, CCT or PiT (.pt/.pth via "
+                                              "weights_only, or .safetensors)."})
+    architecture: Literal["vit", "cct", "pit"] = field(default="vit", metadata={
+        "help": "vit (vit_pytorch/vit.py), cct (vit_pytorch/cct.py) or pit (vit_pytorch/pit.py)."})
+    source_kwargs: str | None = field(default=None, metadata={
+        "help": "CCT / PiT: JSON of the keyword arguments the source was built with, e.g. '{\"img_size\": 32}'."})
+    attention_type: str = field(default="softmax", metadata={
+        "help": "CCT / PiT: softmax (exact), or performer|linformer|nystrom (projections carry over)."})
+    config_overrides: str | None = field(default=None, metadata={
+        "help": "CCT / PiT: mixer settings for --attention_type, 'key=value,key=value'."})
+    seed: int = field(default=0, metadata={"help": "CCT / PiT: seed for the new mixer's own parameters."})
     num_attention_heads: int | None = field(default=None, metadata={"help": "The source's heads (or give --head_dim)."})
     head_dim: int | None = field(default=None, metadata={"help": "The source's dim_head (vit-pytorch default 64)."})
     image_size: list[int] | None = field(default=None, metadata={
@@ -280,6 +300,18 @@ def cli_parser():
 
 def main(argv=None) -> ConversionResult:
     args, common = parse_arguments(cli_parser(), argv)
+    if args.architecture != "vit":
+        from .vit_pytorch_backbones import convert_vit_pytorch_backbone
+
+        return convert_vit_pytorch_backbone(
+            args.architecture, args.checkpoint, common.output_dir, source_kwargs=args.source_kwargs,
+            attention_type=args.attention_type, config_overrides=args.config_overrides, images=common.images,
+            image_mean=args.image_mean, image_std=args.image_std, atol=common.atol, seed=args.seed,
+            overwrite=common.overwrite,
+        )
+    if args.source_kwargs or args.attention_type != "softmax":
+        raise ConversionError("--source_kwargs and --attention_type apply to --architecture cct|pit; a vit-pytorch ViT "
+                              "converts to softmax (use conversion.from_transformers_vit-style carry-over after).")
     size = None if args.image_size is None else (args.image_size * 2)[:2]
     return convert_vit_pytorch(
         args.checkpoint, common.output_dir, image_size=size, patch_size=args.patch_size, num_channels=args.num_channels,

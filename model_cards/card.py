@@ -54,10 +54,29 @@ PINNED_REVISION = re.compile(r'revision="([0-9a-f]{40})"')
 # Names
 # ---------------------------------------------------------------------------------------------------------
 
+# The paper's backbone names by mixer: CCT / CCN / CCP and PiT / PiN / PiP (L for Linformer, as ViL).
+BACKBONE_NAMES = {
+    "vix_cct": {"softmax": "CCT", "nystrom": "CCN", "performer": "CCP", "linformer": "CCL", "fnet": "CCT-FNet",
+                "mixer": "CCT-MLP-Mixer"},
+    "vix_pit": {"softmax": "PiT", "nystrom": "PiN", "performer": "PiP", "linformer": "PiL", "fnet": "PiT-FNet",
+                "mixer": "PiT-MLP-Mixer"},
+}
+
+
+BACKBONE_TAGS = {"vix": "vit", "vix_cct": "cct", "vix_pit": "pit"}
+ARCHITECTURES = {"vix": "a ViT", "vix_cct": "a Compact Convolutional Transformer (CCT, Hassani et al. 2021)",
+                 "vix_pit": "a Pooling-based Vision Transformer (PiT, Heo et al. 2021)"}
+
+
+def backbone(config: dict) -> str:
+    return config.get("model_type") or "vix"
+
+
 def variant_name(config: dict) -> str:
-    """The paper's name for a config, e.g. 'Hybrid ViN-RoPE (2D)'."""
-    name = PAPER_NAMES.get(config.get("attention_type"), config.get("attention_type", "ViX"))
-    if config.get("embedding_type") == "conv":
+    """The paper's name for a config, e.g. 'Hybrid ViN-RoPE (2D)', 'CCN', 'PiP'."""
+    names = BACKBONE_NAMES.get(backbone(config), PAPER_NAMES)
+    name = names.get(config.get("attention_type"), config.get("attention_type", "ViX"))
+    if backbone(config) == "vix" and config.get("embedding_type") == "conv":
         name = f"Hybrid {name}"
     position = config.get("position_embedding_type")
     if position == "rope_1d":
@@ -186,7 +205,18 @@ def mixer_row(config: dict) -> str:
     return _with_details(f"`{config['attention_type']}`", mixer_settings(config))
 
 
+def embedding_kind(config: dict) -> str:
+    """How pixels become tokens: the ViT's `embedding_type`, CCT's conv tokenizer, PiT's overlapping patch conv."""
+    return {"vix_cct": "conv_tokenizer", "vix_pit": "patch_conv"}.get(backbone(config), config.get("embedding_type"))
+
+
 def embedding_row(config: dict) -> str:
+    if backbone(config) == "vix_cct":
+        return (f"CCT conv tokenizer: {config['tokenizer_num_layers']} × (conv {config['tokenizer_kernel_size']}×"
+                f"{config['tokenizer_kernel_size']}, stride {config['tokenizer_stride']}, ReLU"
+                + (", max pool)" if config.get("tokenizer_max_pool") else ")"))
+    if backbone(config) == "vix_pit":
+        return f"patch conv {config['patch_size']}×{config['patch_size']}, stride {config['patch_stride']}"
     stem = None
     if config["embedding_type"] == "conv":
         stem = (f"stem channels {config.get('conv_stem_channels')}, activation `{config.get('conv_stem_activation')}`, "
@@ -199,11 +229,15 @@ def token_rows(config: dict, measured: dict) -> list[tuple[str, str]]:
     grid_h, grid_w = measured["grid_size"]
     patches = grid_h * grid_w
     prefix = measured["num_tokens"] - patches  # cls / distillation tokens
-    return [
-        ("input", f"{height}×{width} RGB, patch {config['patch_size']} → {grid_h}×{grid_w} grid"),
+    tokenizer = f"patch {config['patch_size']}" if "patch_size" in config else "conv tokenizer"
+    rows = [
+        ("input", f"{height}×{width} RGB, {tokenizer} → {grid_h}×{grid_w} grid"),
         ("tokens per image", _with_details(f"{measured['num_tokens']:,}",
                                            f"{patches:,} patches + {prefix} prefix" if prefix else None)),
     ]
+    if backbone(config) == "vix_pit":
+        rows[-1] = ("tokens per image", f"{measured['num_tokens']:,} in the first stage, then ÷4 at each pooling")
+    return rows
 
 
 def class_row(config: dict) -> list[tuple[str, str]]:
@@ -231,16 +265,24 @@ def model_rows(config: dict, metrics: dict, measured: dict) -> list[tuple[str, s
     rows = [
         ("paper name", variant_name(config)),
         ("`attention_type`", mixer_row(config)),
-        ("`embedding_type`", embedding_row(config)),
+        ("embedding", embedding_row(config)),
         ("`position_embedding_type`", f"`{config['position_embedding_type']}`"),
-        ("`pooling`", f"`{config.get('pooling')}`"),
+        ("pooling", f"`{config.get('pooling', 'cls')}`"),
         *token_rows(config, measured),
-        ("hidden / depth / heads / MLP", f"{config['hidden_size']} / {config['num_hidden_layers']} / "
-                                         f"{config['num_attention_heads']} / {config['intermediate_size']}"),
+        size_row(config),
     ]
     if compatibility_settings(config):
         rows.append(("compatibility settings", compatibility_settings(config)))
     return rows + class_row(config) + cost_rows(config, metrics, measured)
+
+
+def size_row(config: dict) -> tuple[str, str]:
+    if backbone(config) == "vix_pit":
+        mlp = config.get("intermediate_sizes") or [4 * width for width in config["hidden_sizes"]]
+        return ("stages: hidden / depth / heads / MLP", f"{config['hidden_sizes']} / {config['depths']} / "
+                                                        f"{config['num_attention_heads']} / {mlp}")
+    return ("hidden / depth / heads / MLP", f"{config['hidden_size']} / {config['num_hidden_layers']} / "
+                                            f"{config['num_attention_heads']} / {config['intermediate_size']}")
 
 
 def measurement_note(config: dict, metrics: dict, measured: dict) -> str | None:
@@ -316,6 +358,8 @@ def resolution_limit(config: dict, measured: dict) -> str:
         return (f"Trained at {height}×{width}. Learned position embeddings need `interpolate_pos_encoding=True` at "
                 "another input size (the pipeline resizes to the trained size instead); accuracy at other sizes was "
                 "not measured.")
+    if "patch_size" not in config or backbone(config) != "vix":
+        return f"Trained at {height}×{width}; accuracy at other sizes was not measured."
     return (f"Trained at {height}×{width}; it runs at any size the patch size ({config['patch_size']}) divides, but "
             "accuracy at other sizes was not measured.")
 
@@ -362,8 +406,9 @@ def eval_results(metrics: dict, recipe: dict) -> list[EvalResult]:
 def card_tags(config: dict, converted: bool = False) -> list[str]:
     """The one tag vocabulary of every ViX card (trained or converted): the mixer, embedding and position type
     as `attention-<value>`, `embedding-<value>`, `position-<value>`, plus `converted` for converted weights."""
-    tags = ["vix", "image-classification", "custom_code", f"attention-{config.get('attention_type')}",
-            f"embedding-{config.get('embedding_type')}", f"position-{config.get('position_embedding_type')}"]
+    tags = ["vix", "image-classification", "custom_code", f"backbone-{BACKBONE_TAGS[backbone(config)]}",
+            f"attention-{config.get('attention_type')}", f"embedding-{embedding_kind(config)}",
+            f"position-{config.get('position_embedding_type')}"]
     return tags + (["converted"] if converted else [])
 
 
@@ -391,7 +436,8 @@ def card_context(config: dict, metrics: dict, recipe: dict, measured: dict, *, m
     return {
         "model_name": model_name, "variant": variant_name(config), "paper_url": PAPER_URL,
         "mixer_summary": MIXER_SUMMARIES.get(config["attention_type"], f"`{config['attention_type']}`"),
-        "embedding_type": config["embedding_type"],
+        "embedding_type": embedding_kind(config),
+        "architecture": ARCHITECTURES[backbone(config)],
         "position_summary": POSITION_SUMMARIES.get(config["position_embedding_type"]),
         "base_model": base_model or recipe.get("model_name_or_path"),  # a local parent is named in the text only
         "dataset": metrics.get("dataset"),

@@ -41,13 +41,15 @@ def count_forward_flops(model: torch.nn.Module, pixel_values: torch.Tensor) -> i
 
 
 def measure_architecture(config: dict) -> dict:
-    """Tokens, patch grid, parameters and forward FLOPs (batch 1) of the model a config.json describes."""
-    from modeling_vix import VixConfig, VixForImageClassification
+    """Tokens, patch grid, parameters and forward FLOPs (batch 1) of the model a config.json describes (any
+    backbone; for PiT the tokens and grid of its first, largest stage)."""
+    from modeling_vix import BACKBONES
 
-    vix_config = VixConfig.from_dict(config)
+    config_class, _, model_class = BACKBONES[config.get("model_type", "vix")]
+    vix_config = config_class.from_dict(config)
     with torch.random.fork_rng(devices=[]):  # building a model draws random weights; leave the caller's RNG alone
         torch.manual_seed(0)
-        model = VixForImageClassification(vix_config).eval()
+        model = model_class(vix_config).eval()
     height, width = vix_config.image_size_hw
     return {
         "num_tokens": vix_config.num_tokens,

@@ -11,7 +11,7 @@ CARD_TEMPLATE = """\
 # {{ model_name }}
 
 A **{{ variant }}** image classifier from the ViX family (*Vision Xformers: Efficient Attention for Image \
-Classification*, Jeevan & Sethi, [arXiv 2107.02239]({{ paper_url }})): a ViT whose token mixer is \
+Classification*, Jeevan & Sethi, [arXiv 2107.02239]({{ paper_url }})): {{ architecture }} whose token mixer is \
 {{ mixer_summary }}{% if embedding_type == "conv" %}, with the convolutional patch embedding ("hybrid"){% endif %}, \
 using {{ position_summary }}.{% if conversion %} Converted from **{{ conversion.source }}**.\
 {% elif base_model %} Fine-tuned from `{{ base_model }}`.{% endif %}\

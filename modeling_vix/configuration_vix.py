@@ -134,6 +134,12 @@ class VixMixerConfig(PreTrainedConfig):
 
     mixer_token_expansion: float | int = 1.0
 
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        # Construction raises the checks' own ValueError; strict's `validate()` (run next, and at save time)
+        # would wrap it in its StrictDataclassClassValidationError, which is not a ValueError.
+        self.validate_architecture()
+
     @property
     def mixer_capabilities(self) -> MixerCapabilities:
         return MIXER_CAPABILITIES[self.attention_type]

@@ -97,6 +97,16 @@ class VixPitConfig(VixMixerConfig):
         """Tokens each stage's mixers see at the configured image size: the grid plus the cls token."""
         return [h * w + 1 for h, w in self.stage_grids(*self.image_size_hw)]
 
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """The first (largest) stage's token grid at the configured image size."""
+        return self.stage_grids(*self.image_size_hw)[0]
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens of the first (largest) stage at the configured image size, cls included."""
+        return self.stage_num_tokens[0]
+
     def validate_architecture(self):
         super().validate_architecture()
         if isinstance(self.image_size, list) and len(self.image_size) != 2:

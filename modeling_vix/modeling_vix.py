@@ -112,7 +112,7 @@ class VixBasePreTrainedModel(PreTrainedModel):
 
     def __init__(self, config, *inputs, **kwargs):
         # Fields may have been changed one by one since construction; the config's own checks say what is wrong.
-        config.validate()
+        config.validate_architecture()
         super().__init__(config, *inputs, **kwargs)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
