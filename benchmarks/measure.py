@@ -98,7 +98,7 @@ def measure(args: MeasureArguments) -> dict:
             step_times.append(time.perf_counter() - start)
         losses.append(loss.item())
     result = {
-        "model": args.model, "tokens": size.num_tokens, "batch_size": args.batch_size, "dtype": args.dtype,
+        "model": args.model, "tokens": getattr(model, "num_tokens", None) or size.num_tokens, "batch_size": args.batch_size, "dtype": args.dtype,
         "parameters": parameters, "train_flops": flops, "step_time_s": statistics.median(step_times),
         "step_times_s": step_times, "finite_loss": all(map(lambda x: x == x and abs(x) != float("inf"), losses)),
     }

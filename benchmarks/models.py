@@ -1,14 +1,18 @@
 """The models a benchmark can build, by name: every ViX mixer and its peers, at one shared size.
 
 Every builder takes a `BenchSize` and returns an `nn.Module` mapping pixels (B, 3, H, W) to logits, so the
-measuring code treats ViX and its peers alike. Peers: transformers' ViT (sdpa, eager) and the paper
-authors' `vision-xformer` models (built on lucidrains' reference attentions).
+measuring code treats ViX and its peers alike. Peers: transformers' ViT (sdpa, eager), the paper
+authors' `vision-xformer` models (built on lucidrains' reference attentions), and vit-pytorch's CCT and PiT
+for the backbones (`cct-*`, `pit-*`, at a size both libraries can build).
 """
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from modeling_vix import MIXER_CAPABILITIES
 
 
 @dataclass
@@ -29,11 +33,13 @@ class BenchSize:
 
 
 class LogitsOnly(nn.Module):
-    """Wraps a transformers model so that calling it returns the logits tensor."""
+    """Wraps a transformers model so that calling it returns the logits tensor; `num_tokens` (the largest token
+    count a mixer sees) when the model's config states it."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+        self.num_tokens = getattr(model.config, "num_tokens", None)
 
     def forward(self, pixel_values):
         return self.model(pixel_values).logits
@@ -78,17 +84,67 @@ def build_authors(size: BenchSize, name: str) -> nn.Module:
     if name == "ViL":
         return vision_xformer.ViL(**common, **heads, k=64)
     if name == "ViP":
-        # performer-pytorch (inside the authors' ViP) calls torch.qr, which torch removed; give it the
-        # current equivalent so that the reference Performer can be measured at all.
-        if not hasattr(torch, "qr"):
-            torch.qr = lambda matrix, some=True: torch.linalg.qr(matrix, mode="reduced" if some else "complete")
-        return vision_xformer.ViP(**common, **heads)
+        with legacy_torch_qr():  # the authors' ViP draws its random features at construction
+            return vision_xformer.ViP(**common, **heads)
     if name == "FNet":
         return vision_xformer.FNet(**common)
     raise ValueError(f"unknown vision-xformer model {name!r}")
 
 
-VIX_MIXERS = ("softmax", "performer", "linformer", "nystrom", "fnet", "mixer")
+@contextmanager
+def legacy_torch_qr():
+    """performer-pytorch (inside the authors' ViP) calls `torch.qr`, which torch removed: provide the current
+    equivalent for the duration of the block only, so that the reference Performer can be built at all."""
+    if hasattr(torch, "qr"):
+        yield
+        return
+    torch.qr = lambda matrix, some=True: torch.linalg.qr(matrix, mode="reduced" if some else "complete")
+    try:
+        yield
+    finally:
+        del torch.qr
+
+
+VIX_MIXERS = tuple(MIXER_CAPABILITIES)  # the registry's names, read from the one declaration
+
+
+# Backbones at a size both ViX and vit-pytorch build: CCT with CCT-7/3x1's tokenizer (one 3x3 conv, stride 1,
+# 2x max pool: 256 tokens at 32x32) and the paper's CCN width (128, 4 layers, 4 heads, MLP 512); PiT with
+# overlapping 4x4 patches (stride 2: 225 tokens + cls at 32x32), three stages of 64/128/256 wide, 32-wide heads.
+CCT_KWARGS = dict(embedding_dim=128, n_conv_layers=1, kernel_size=3, stride=1, padding=1, pooling_kernel_size=3,
+                  pooling_stride=2, pooling_padding=1, num_layers=4, num_heads=4, mlp_ratio=4,
+                  positional_embedding="learnable")
+PIT_KWARGS = dict(patch_size=4, dim=64, depth=(2, 2, 2), heads=(2, 4, 8), mlp_dim=256, dim_head=32)
+
+
+def build_vit_pytorch_backbone(size: BenchSize, architecture: str) -> nn.Module:
+    from conversion.vit_pytorch_backbones import load_vit_pytorch_module
+
+    module = load_vit_pytorch_module(architecture)
+    if architecture == "cct":
+        model = module.CCT(img_size=size.image_size, num_classes=size.num_labels, **CCT_KWARGS)
+        model.num_tokens = (size.image_size // 2) ** 2
+        return model
+    model = module.PiT(image_size=size.image_size, num_classes=size.num_labels, **PIT_KWARGS)
+    model.num_tokens = ((size.image_size - 4) // 2 + 1) ** 2 + 1
+    return model
+
+
+def build_vix_backbone(size: BenchSize, architecture: str, attention_type: str) -> nn.Module:
+    """ViX's CCT / PiT with exactly the peer's architecture (the converter's reading of the same kwargs)."""
+    from conversion.vit_pytorch_backbones import cct_config, pit_config
+    from modeling_vix import BACKBONES
+
+    peer = build_vit_pytorch_backbone(BenchSize(image_size=size.image_size), architecture)
+    if architecture == "cct":
+        config = cct_config(peer, (size.image_size, size.image_size))
+    else:
+        config = pit_config(peer, {"image_size": size.image_size})
+    settings = {**config.to_dict(), "attention_type": attention_type, "nystrom_num_landmarks": 64, "linformer_k": 64}
+    for key in ("model_type", "transformers_version"):
+        settings.pop(key, None)
+    config = type(config)(**settings)
+    return LogitsOnly(BACKBONES[config.model_type][2](config))
 
 BUILDERS = {
     **{f"vix-{mixer}": (lambda size, mixer=mixer: build_vix(size, mixer)) for mixer in VIX_MIXERS},
@@ -100,6 +156,14 @@ BUILDERS = {
     "hf-vit-eager": lambda size: build_hf_vit(size, "eager"),
     **{f"authors-{name}": (lambda size, name=name: build_authors(size, name)) for name in ("ViN", "ViL", "ViP", "FNet")},
 }
+
+BACKBONE_BUILDERS = {
+    **{f"{arch}-{mixer}": (lambda size, arch=arch, mixer=mixer: build_vix_backbone(size, arch, mixer))
+       for arch in ("cct", "pit") for mixer in VIX_MIXERS},
+    "vit-pytorch-cct": lambda size: build_vit_pytorch_backbone(size, "cct"),
+    "vit-pytorch-pit": lambda size: build_vit_pytorch_backbone(size, "pit"),
+}
+BUILDERS.update(BACKBONE_BUILDERS)
 
 # Which peer each ViX mixer is compared against (ratios in the report).
 PEERS = {

@@ -4,6 +4,7 @@
     python -m benchmarks.run --suite paper --dtype bf16
     python -m benchmarks.run --suite scaling --models vix-nystrom hf-vit-sdpa
     python -m benchmarks.run --render benchmarks/results/cpu_fp32.json   # markdown again from the JSON, no measuring
+    python -m benchmarks.run --suite backbones --name cpu_backbones_fp32   # CCT / PiT x every mixer, vit-pytorch peers
 
 Writes `benchmarks/results/<name>.{json,md}` and `<name>_scaling.png`. Ratios are taken against peers measured
 in the same run, on the same machine, never against numbers from elsewhere. The fp32 markdown ends with the
@@ -22,7 +23,7 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser
 
-from benchmarks.models import BUILDERS, PEERS
+from benchmarks.models import BACKBONE_BUILDERS, BUILDERS, PEERS
 from training.train import cpu_model_name
 
 
@@ -30,11 +31,14 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SCALING_SIZES = (32, 48, 64, 96)  # patch 1: 1025, 2305, 4097, 9217 tokens
 # transformers' eager ViT stores every N x N map: above 1025 tokens it needs 10+ GB here, so it sits out the sweep.
 SCALING_MODELS = ("vix-softmax", "vix-performer", "vix-linformer", "vix-nystrom", "vix-fnet", "hf-vit-sdpa")
+# Backbones: 32x32 (CCT 256 tokens, PiT 225 + cls in its first stage), then 4x and 9x the tokens.
+BACKBONE_SIZES = (32, 64, 96)
+BACKBONE_TOKENS_BUDGET = 32 * 256  # batch x tokens per step, so the batch shrinks as the images grow
 
 
 @dataclass
 class RunArguments:
-    suite: str = field(default="all", metadata={"help": "paper | scaling | all"})
+    suite: str = field(default="all", metadata={"help": "paper | scaling | all | backbones"})
     models: list[str] = field(default_factory=lambda: list(BUILDERS), metadata={"help": "models for the paper suite"})
     dtype: str = field(default="fp32", metadata={"help": "fp32 | bf16"})
     device: str = "cpu"
@@ -101,6 +105,71 @@ def scaling_suite(args: RunArguments) -> list[dict]:
             log(result)
             results.append(result)
     return results
+
+
+def backbone_suite(args: RunArguments) -> list[dict]:
+    """CCT and PiT with every mixer and their vit-pytorch peers, one train step each, at three image sizes."""
+    results = []
+    for image_size in BACKBONE_SIZES:
+        tokens = (image_size // 2) ** 2
+        batch_size = max(1, BACKBONE_TOKENS_BUDGET // tokens)
+        for model in BACKBONE_BUILDERS:
+            result = measure_in_subprocess(model, args, image_size, batch_size, inference=False)
+            result["image_size"] = image_size
+            log(result)
+            results.append(result)
+    return results
+
+
+def backbone_ratios(results: list[dict]) -> list[dict]:
+    """Per backbone, mixer and image size: time and memory against the same backbone's softmax and against the
+    vit-pytorch peer, from the same run (below 1: cheaper)."""
+    ok = {(r["model"], r["image_size"]): r for r in results if "step_time_s" in r}
+    rows = []
+    for (model, image_size), result in sorted(ok.items(), key=lambda item: (item[0][1], item[0][0])):
+        architecture = model.split("-")[0]
+        if architecture not in ("cct", "pit"):
+            continue
+        row = {"model": model, "image_size": image_size, "tokens": result["tokens"],
+               "batch_size": result["batch_size"], "parameters": result["parameters"],
+               "train_gflops": result["train_flops"] / 1e9, "step_time_s": result["step_time_s"],
+               "peak_memory_mb": result["peak_memory_mb"]}
+        for label, peer in (("softmax", f"{architecture}-softmax"), ("peer", f"vit-pytorch-{architecture}")):
+            if (peer, image_size) in ok:
+                row[f"time_vs_{label}"] = result["step_time_s"] / ok[peer, image_size]["step_time_s"]
+                row[f"memory_vs_{label}"] = result["peak_memory_mb"] / max(ok[peer, image_size]["peak_memory_mb"], 1e-9)
+        rows.append(row)
+    return rows
+
+
+def backbone_markdown(report: dict) -> list[str]:
+    lines = [
+        "## Backbones: CCT and PiT with every mixer, against vit-pytorch's CCT and PiT (same run)",
+        "",
+        "One AdamW train step (forward, backward, update); the batch shrinks as the images grow so that batch x "
+        f"tokens stays near {BACKBONE_TOKENS_BUDGET:,}. CCT: one 3x3 conv + 2x max pool tokenizer, hidden 128, 4 "
+        "layers, 4 heads, MLP 512, sequence pooling. PiT: 4x4 patches with stride 2, stages 64/128/256 wide with "
+        "2 layers each, heads of 32, MLP 256. Ratios below 1: cheaper than the softmax version / the vit-pytorch "
+        "peer. Memory is the measuring process's peak RSS above its start-up (CPU).",
+        "",
+        "| model | image | tokens | batch | params | train GFLOP | step (s) | peak MB | time / softmax | memory / softmax "
+        "| time / vit-pytorch | memory / vit-pytorch |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["backbone_ratios"]:
+        def ratio(key):
+            return f"{row[key]:.2f}" if key in row else "-"
+        lines.append(
+            f"| {row['model']} | {row['image_size']} | {row['tokens']} | {row['batch_size']} | {row['parameters']:,} | "
+            f"{row['train_gflops']:.2f} | {row['step_time_s']:.3f} | {row['peak_memory_mb']:.0f} | "
+            f"{ratio('time_vs_softmax')} | {ratio('memory_vs_softmax')} | {ratio('time_vs_peer')} | "
+            f"{ratio('memory_vs_peer')} |"
+        )
+    failures = [r for r in report["backbones"] if "error" in r]
+    for r in failures:
+        lines.append(f"\n{r['model']} at {r['image_size']}: fails: {r['error'][:120]}")
+    lines.append("")
+    return lines
 
 
 def ratios(paper_results: list[dict]) -> dict:
@@ -385,6 +454,8 @@ def markdown(report: dict, companion: dict | None = None, explanation: str | Non
                 if growth else f"| {model} | - | - | - |"
             )
         lines.append("")
+    if report.get("backbones"):
+        lines += backbone_markdown(report)
     dtype = report["settings"]["dtype"]
     if dtype == "fp32" and report.get("paper"):
         lines += targets_markdown(report, companion, explanation)
@@ -456,6 +527,10 @@ def main(argv=None):
         print("paper config:", flush=True)
         report["paper"] = paper_suite(args)
         report["ratios"] = ratios(report["paper"])
+    if args.suite == "backbones":
+        print("backbones:", flush=True)
+        report["backbones"] = backbone_suite(args)
+        report["backbone_ratios"] = backbone_ratios(report["backbones"])
     if args.suite in ("scaling", "all"):
         print("token-count sweep:", flush=True)
         report["scaling"] = scaling_suite(args)
