@@ -243,3 +243,49 @@ def test_intact_file_path_is_accepted(tmp_path, processor):
     image = _random_image(50, 40)
     image.save(path)
     assert torch.equal(_pixels(processor, str(path)), _pixels(processor, image))
+
+
+# --------------------------------------------------------------------------------------------------
+# 16-bit and float images. transformers' RGB conversion clips them at 255: a 0-1 gradient in mode I;16 or I came
+# out at mean ~1.0 (white), in mode F at ~0.0 (black), against 0.5 for the same gradient in 8 bits. The processor
+# reads I;16 / I as 0-65535 and F as 0-1, and refuses what it cannot read that way (see `to_8bit`).
+# --------------------------------------------------------------------------------------------------
+
+
+def _gradient(mode, full_scale=1.0) -> Image.Image:
+    fraction = np.tile(np.linspace(0, 1, 64), (48, 1)) * full_scale
+    if mode == "L":
+        return Image.fromarray(np.rint(fraction * 255).astype(np.uint8))
+    if mode == "F":
+        return Image.fromarray(fraction.astype(np.float32))
+    array = np.rint(fraction * 65535)
+    return Image.fromarray(array.astype(np.uint16) if mode == "I;16" else array.astype(np.int64).astype(np.int32))
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F"])
+def test_16_bit_and_float_images_keep_their_scale(mode):
+    raw = VixImageProcessor(do_normalize=False)
+    image = _gradient(mode)
+    assert image.mode == mode
+    expected = _pixels(raw, _gradient("L"))
+    assert expected.mean().item() == pytest.approx(0.5, abs=0.01)
+    torch.testing.assert_close(_pixels(raw, image), expected, rtol=0, atol=1e-6)
+
+
+def test_16_bit_arrays_keep_their_scale():
+    raw = VixImageProcessor(do_normalize=False)
+    expected = _pixels(raw, _gradient("L").convert("RGB"))
+    array16 = np.asarray(_gradient("I;16"))[..., None].repeat(3, -1)  # (H, W, 3) uint16
+    torch.testing.assert_close(_pixels(raw, array16), expected, rtol=0, atol=1e-6)
+    tensor16 = torch.from_numpy(array16.astype(np.int32)).permute(2, 0, 1).to(torch.uint16)
+    torch.testing.assert_close(_pixels(raw, tensor16), expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("image, message", [
+    (_gradient("I", full_scale=1.5), r"mode 'I' image with values in \[0, 98302\] is not 16-bit data"),
+    (_gradient("F", full_scale=255.0), r"float \(mode 'F'\) image with values in \[0, 255\].*\[0, 1\]"),
+    (Image.fromarray(np.full((4, 4), np.nan, dtype=np.float32)), r"mode 'F'\) image with NaN"),
+])
+def test_images_that_cannot_be_read_on_a_known_scale_are_refused(processor, image, message):
+    with pytest.raises(ValueError, match=message):
+        processor(image, return_tensors="pt")
