@@ -2,6 +2,7 @@
 the results script. Tiny data and models: a few seconds each."""
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +13,15 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from training import augment
-from training.data import DataArguments, UnreadableImageError, detect_columns, load_splits
+from training.data import DataArguments, LabelError, UnreadableImageError, detect_columns, load_splits
+from training.runs import RunTotals
 from training.train import main, parse_args, recipe_dict, write_recipe
 
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = sorted((ROOT / "training" / "recipes").rglob("*.yaml"))
+RECIPES_DIR = ROOT / "training" / "recipes"
+BASES = RECIPES_DIR / "bases"  # shared protocols, not recipes to run on their own
+RECIPES = sorted(path for path in RECIPES_DIR.rglob("*.yaml") if BASES not in path.parents)
 TINY = ["--hidden_size", "16", "--num_hidden_layers", "1", "--num_attention_heads", "2", "--intermediate_size", "32",
         "--conv_stem_channels", "4", "8", "--nystrom_residual_conv_kernel", "3", "--image_size", "16",
         "--disable_tqdm", "true", "--logging_steps", "1"]
@@ -50,6 +54,11 @@ def test_main_job_on_digits_end_to_end_beats_chance(tmp_path, capsys):
     assert f"{100 * saved['test_accuracy']:.2f}%" in card.text
     printed = capsys.readouterr().out
     assert str(final.resolve()) in printed and "README.md" in printed
+    # the README's Training section names every file of final/ (the modeling files as a group)
+    training_section = (ROOT / "README.md").read_text().split("## Training", 1)[1].split("\n## ", 1)[0]
+    for path in final.iterdir():
+        if not path.name.endswith("_vix.py"):
+            assert f"`{path.name}`" in training_section, path.name
 
     from transformers import pipeline
 
@@ -68,23 +77,47 @@ class Interrupt(TrainerCallback):
             raise KeyboardInterrupt("simulated kill")
 
 
-def test_resume_after_interrupted_run_matches_uninterrupted(tmp_path):
-    # 96 training rows, batch 16: 6 steps per epoch; 10 steps cross an epoch boundary with augmentation on.
+def checkpoint_totals(checkpoint: Path) -> dict:
+    """What RunTotals stored in a checkpoint's trainer_state.json."""
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    return state["stateful_callbacks"][RunTotals.__name__]["attributes"]
+
+
+def test_resume_after_a_kill_during_a_save_matches_uninterrupted_and_reports_the_whole_run(tmp_path):
+    # 96 training rows, batch 16: 6 steps per epoch; 12 steps cross an epoch boundary with augmentation on.
     common = ["--max_train_samples", "96", "--max_eval_samples", "32", "--per_device_train_batch_size", "16",
-              "--max_steps", "10", "--save_strategy", "steps", "--save_steps", "4", "--eval_strategy", "steps",
+              "--max_steps", "12", "--save_strategy", "steps", "--save_steps", "4", "--eval_strategy", "steps",
               "--eval_steps", "4", "--augmentation", "randaugment", "--load_best_model_at_end", "false", *TINY]
     full = main(["--output_dir", str(tmp_path / "full"), *common])
+    killed = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):
-        main(["--output_dir", str(tmp_path / "killed"), *common], callbacks=[Interrupt(at=7)])
-    assert (tmp_path / "killed" / "checkpoint-4").exists() and not (tmp_path / "killed" / "final").exists()
-    resumed = main(["--output_dir", str(tmp_path / "killed"), *common, "--resume_from_checkpoint", "last"])
-    assert resumed["global_steps"] == full["global_steps"] == 10
-    assert resumed["test_accuracy"] == pytest.approx(full["test_accuracy"], abs=1e-6)
-    assert resumed["test_loss"] == pytest.approx(full["test_loss"], rel=1e-4)
+        main(["--output_dir", str(killed), *common], callbacks=[Interrupt(at=9)])
+    assert not (killed / "final").exists()
+    # The kill hit while checkpoint-8 was being saved: its weights are cut short and trainer_state.json (the
+    # Trainer's last write) is missing. "last" must mean checkpoint-4, the last complete one.
+    (killed / "checkpoint-8" / "trainer_state.json").unlink()
+    weights = killed / "checkpoint-8" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    first_session = checkpoint_totals(killed / "checkpoint-4")
+
+    resumed = main(["--output_dir", str(killed), *common, "--resume_from_checkpoint", "last"])
+    assert resumed["global_steps"] == full["global_steps"] == 12
     a = load_file(tmp_path / "full" / "final" / "model.safetensors")
-    b = load_file(tmp_path / "killed" / "final" / "model.safetensors")
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+    b = load_file(killed / "final" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)  # bit-identical
+    assert resumed["test_accuracy"] == full["test_accuracy"] and resumed["test_loss"] == full["test_loss"]
+    # metrics describe the whole run, not the 8 resumed steps: loss over all 12 steps (logged every step, so
+    # exact), time including the first session's (up to its checkpoint)
+    assert resumed["train_loss"] == pytest.approx(full["train_loss"], rel=1e-6)
+    assert resumed["train_runtime"] > first_session["train_seconds"] > 0
+    saved = json.loads((killed / "final" / "metrics.json").read_text())
+    assert saved["train_loss"] == resumed["train_loss"] and saved["train_runtime"] == resumed["train_runtime"]
+
+    # resumed at the last step: nothing left to train, and still the whole run's numbers (not a loss of 0.0)
+    again = main(["--output_dir", str(tmp_path / "full"), *common, "--resume_from_checkpoint", "last"])
+    assert again["global_steps"] == 12
+    assert again["train_loss"] == pytest.approx(full["train_loss"], rel=1e-6)
+    assert again["train_runtime"] >= checkpoint_totals(tmp_path / "full" / "checkpoint-12")["train_seconds"] > 0
 
 
 @pytest.mark.parametrize("suffix", [".yaml", ".json"])
@@ -97,22 +130,22 @@ def test_recipe_file_round_trip_and_flags_override_it(tmp_path, suffix):
         path.write_text(json.dumps(recipe))
     else:
         write_recipe(path, recipe)
-    model_args, data_args, training_args = parse_args([str(path), "--num_train_epochs", "5"])
-    assert (model_args.attention_type, model_args.position_embedding_type) == ("performer", "rope_1d")
-    assert model_args.hidden_size == 48 and model_args.conv_stem_channels == [8, 16]
-    assert model_args.embedding_type == "conv"  # the job's default where the recipe says nothing
-    assert data_args.augmentation == "crop_flip"
-    assert training_args.learning_rate == 1e-3 and training_args.bf16 is True
-    assert training_args.num_train_epochs == 5  # the flag wins over the recipe
-    assert training_args.load_best_model_at_end is True  # the job's own default
+    settings = parse_args([str(path), "--num_train_epochs", "5"])
+    model, training = settings.model_settings, settings.training
+    assert (model["attention_type"], model["position_embedding_type"]) == ("performer", "rope_1d")
+    assert model["hidden_size"] == 48 and model["conv_stem_channels"] == [8, 16]
+    assert model["embedding_type"] == "conv"  # the quick start's where the recipe says nothing
+    assert settings.data.augmentation == "crop_flip"
+    assert training.learning_rate == 1e-3 and training.bf16 is True
+    assert training.num_train_epochs == 5  # the flag wins over the recipe
+    assert training.load_best_model_at_end is True  # the job's own default
 
-    resolved = recipe_dict(model_args, data_args, training_args)
+    resolved = recipe_dict(settings)
     write_recipe(tmp_path / "resolved.yaml", resolved)
     again = parse_args([str(tmp_path / "resolved.yaml")])
-    from dataclasses import asdict
-
-    assert asdict(again[0]) == asdict(model_args) and asdict(again[1]) == asdict(data_args)
-    assert again[2].to_dict() == training_args.to_dict()
+    assert again.model_settings == settings.model_settings
+    assert asdict(again.job) == asdict(settings.job) and asdict(again.data) == asdict(settings.data)
+    assert again.training.to_dict() == training.to_dict()
 
 
 def test_recipe_unknown_key_is_an_error(tmp_path):
@@ -122,24 +155,24 @@ def test_recipe_unknown_key_is_an_error(tmp_path):
         parse_args([str(path)])
 
 
-@pytest.mark.parametrize("recipe", RECIPES, ids=[str(p.relative_to(ROOT / "training" / "recipes")) for p in RECIPES])
+@pytest.mark.parametrize("recipe", RECIPES, ids=[str(p.relative_to(RECIPES_DIR)) for p in RECIPES])
 def test_shipped_recipes_parse_and_build_a_valid_config(recipe):
     from modeling_vix import VixConfig
 
     cpu = [] if torch.cuda.is_available() else ["--use_cpu", "true"]  # bf16 recipes need it without a GPU
-    model_args, data_args, training_args = parse_args([str(recipe), *cpu])
-    VixConfig(**model_args.config_kwargs(), num_labels=10)
-    assert training_args.metric_for_best_model == "accuracy" and training_args.load_best_model_at_end
+    settings = parse_args([str(recipe), *cpu])
+    VixConfig(**settings.model_settings, num_labels=10)
+    assert settings.training.metric_for_best_model == "accuracy" and settings.training.load_best_model_at_end
 
 
 def test_recipe_sets_cover_the_paper_variants():
-    paper = {p.stem for p in (ROOT / "training" / "recipes" / "paper").glob("*.yaml")}
+    paper = {p.stem for p in (RECIPES_DIR / "paper").glob("*.yaml")}
     for mixer in ("vit", "vip", "vil", "vin", "fnet", "mixer"):
         assert {f"cifar10_{mixer}", f"cifar10_hybrid_{mixer}"} <= paper
     for mixer in ("vit", "vip", "vil", "vin"):
         assert {f"cifar10_{mixer}_rope", f"cifar10_hybrid_{mixer}_rope"} <= paper
-    assert (ROOT / "training" / "recipes" / "modern_cifar10.yaml").exists()
-    assert len(list((ROOT / "training" / "recipes" / "cpu").glob("*.yaml"))) >= 6
+    assert (RECIPES_DIR / "modern_cifar10.yaml").exists()
+    assert len(list((RECIPES_DIR / "cpu").glob("*.yaml"))) >= 6
 
 
 # --- data ---------------------------------------------------------------------------------------------
@@ -231,6 +264,87 @@ def test_offline_cifar10_copy_loads_in_hub_layout():
     )
     assert (info["image_column"], info["label_column"]) == ("img", "label") and len(info["labels"]) == 10
     assert {k: len(v) for k, v in splits.items()} == {"train": 20, "validation": 10, "test": 10}
+
+
+def write_hub_layout(root: Path, splits: dict) -> Path:
+    """A local dataset in Hub layout: one parquet file per split, from {split: {column: values}}."""
+    from datasets import Dataset
+
+    data_dir = root / "data"
+    data_dir.mkdir(parents=True)
+    for name, columns in splits.items():
+        Dataset.from_dict(columns).to_parquet(data_dir / f"{name}-00000-of-00001.parquet")
+    return root
+
+
+def test_labels_outside_the_label_set_are_a_one_line_error_naming_the_split(tmp_path, capsys):
+    """The model no longer checks labels every step (a host sync); the job checks them once, where data enters."""
+    images = lambda n: [Image.new("RGB", (8, 8), (i, 0, 0)) for i in range(n)]  # noqa: E731
+    root = write_hub_layout(tmp_path / "bad", {
+        "train": {"image": images(8), "label": [0, 1, 2, 0, 1, 2, 0, -100]},  # -100: ignored, allowed
+        "test": {"image": images(4), "label": [0, 1, -1, 2]},  # -1: unlabelled, not allowed
+    })
+    with pytest.raises(LabelError, match=r"Split 'test' has labels outside \[0, 3\) in column 'label': -1"):
+        load_splits(DataArguments(dataset_name=str(root)), seed=0)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--dataset_name", str(root), "--output_dir", str(tmp_path / "out"), *TINY])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: Split 'test' has labels outside")
+
+    from datasets import ClassLabel, Dataset, DatasetDict, Features
+
+    from training.data import check_labels
+
+    # datasets' ClassLabel takes -1 ("no label"), which the loss cannot
+    typed = Dataset.from_dict({"label": [0, 1, -1]}, features=Features({"label": ClassLabel(names=["a", "b"])}))
+    with pytest.raises(LabelError, match=r"Split 'validation' .*\[0, 2\).*: -1"):
+        check_labels(DatasetDict(validation=typed), "label", 2)
+
+
+def gradient(mode: str) -> Image.Image:
+    """A 0-to-full-scale horizontal gradient, 32x32, in an 8-bit, 16-bit or float PIL mode."""
+    fraction = np.tile(np.linspace(0, 1, 32), (32, 1))
+    if mode == "L":
+        return Image.fromarray(np.rint(fraction * 255).astype(np.uint8))
+    if mode == "F":
+        return Image.fromarray(fraction.astype(np.float32))
+    array = np.rint(fraction * 65535)
+    return Image.fromarray(array.astype(np.uint16) if mode == "I;16" else array.astype(np.int32))
+
+
+def test_16_bit_and_float_training_images_keep_their_scale(tmp_path):
+    """Training data goes through `to_8bit` as well (also for a fine-tuned checkpoint's own processor): a 16-bit
+    or float gradient gives the pixels of the same 8-bit gradient, where it used to clip to white or black."""
+    from datasets import Dataset
+
+    from modeling_vix import VixImageProcessor
+    from training.train import make_transform
+
+    from transformers.image_processing_backends import PilBackend
+    from transformers.image_utils import PILImageResampling
+
+    class CheckpointProcessor(PilBackend):  # a processor that knows nothing of 16-bit images, as a ViT checkpoint's
+        resample = PILImageResampling.BILINEAR
+        image_mean = image_std = [0.5, 0.5, 0.5]
+        size = {"height": 16, "width": 16}
+        do_convert_rgb = do_resize = do_rescale = do_normalize = True
+
+    for processor in (VixImageProcessor(size={"height": 16, "width": 16}), CheckpointProcessor()):
+        transform = make_transform(processor, "image", "label")
+        modes = ("L", "I;16", "I", "F")
+        assert [gradient(mode).mode for mode in modes] == list(modes)
+        pixels = {mode: transform({"image": [gradient(mode)], "label": [0]})["pixel_values"] for mode in modes}
+        for mode in ("I;16", "I", "F"):
+            torch.testing.assert_close(pixels[mode], pixels["L"], rtol=0, atol=1e-6)
+    # out-of-range float images are found before training, like unreadable files
+    bright = tmp_path / "images"
+    for label in ("a", "b"):
+        (bright / label).mkdir(parents=True)
+        for i in range(3):
+            gradient("L").save(bright / label / f"{i}.png")
+    Image.fromarray(np.full((8, 8), 2.5, dtype=np.float32)).save(bright / "b" / "hdr.tiff")
+    with pytest.raises(UnreadableImageError, match=r"hdr\.tiff.*ValueError.*\[0, 1\]"):
+        load_splits(DataArguments(dataset_name=str(bright)), seed=0)
 
 
 # --- augmentation --------------------------------------------------------------------------------------

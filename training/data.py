@@ -12,6 +12,9 @@ Checkpoints are selected on validation; test is evaluated once, at the end.
 
 Unreadable images are found before training by decoding every image once (`--check_images`): the job
 stops with an error naming the split, row and file, or, with `--skip_unreadable_images`, drops and counts them.
+Images that ViX cannot scale to 8 bits (mode `I` beyond 16 bits, mode `F` outside [0, 1]; see
+`modeling_vix.image_processing_vix.to_8bit`) count as unreadable. Labels outside [0, number of labels), other
+than -100 (ignored), stop the job with an error naming the split.
 """
 
 import io
@@ -20,6 +23,11 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from modeling_vix.image_processing_vix import to_8bit
+
+from .augment import POLICIES
+from .errors import UsageError
 
 
 logger = logging.getLogger(__name__)
@@ -59,7 +67,7 @@ class DataArguments:
     skip_unreadable_images: bool = field(
         default=False, metadata={"help": "Drop (and count) unreadable images instead of stopping with an error."}
     )
-    augmentation: str = field(default="none", metadata={"help": "none | crop | crop_flip | randaugment"})
+    augmentation: str = field(default="none", metadata={"help": " | ".join(POLICIES), "choices": POLICIES})
     crop_padding: int = field(default=4, metadata={"help": "Zero padding (pixels) of the random crop."})
     randaugment_num_ops: int = 2
     randaugment_magnitude: float = 9.0
@@ -67,7 +75,14 @@ class DataArguments:
     cache_dir: str | None = None
 
 
-class UnreadableImageError(ValueError):
+IGNORED_LABEL = -100  # the loss skips these samples (PyTorch's ignore_index)
+
+
+class UnreadableImageError(UsageError):
+    pass
+
+
+class LabelError(UsageError):
     pass
 
 
@@ -134,9 +149,8 @@ def encode_labels(splits, label_column):
     for split in splits.values():
         values.update(split.unique(label_column))
     if all(isinstance(v, (int, np.integer)) for v in values):
-        if min(values) < 0:
-            raise ValueError(f"Label column {label_column!r} has negative labels {sorted(values)[:5]}.")
-        names = [str(i) for i in range(int(max(values)) + 1)]
+        # negative labels get no name: -100 (ignored) is fine, others are reported by check_labels
+        names = [str(i) for i in range(int(max(values, default=-1)) + 1)]
     else:
         names = sorted(str(v) for v in values)
         splits = splits.map(lambda batch: {label_column: [str(v) for v in batch[label_column]]}, batched=True)
@@ -166,6 +180,7 @@ def find_unreadable(dataset, image_column, batch_size=1000):
                 source = io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"]
                 with PILImage.open(source) as image:
                     image.load()
+                    to_8bit(image)  # 16-bit and float images ViX cannot scale raise here, not mid-training
             except Exception as error:  # PIL raises many types for broken files
                 bad.append((start + offset, f"{_describe(item)}: {type(error).__name__}: {error}"))
     return bad
@@ -192,6 +207,20 @@ def check_images(splits, image_column, skip: bool):
     return skipped
 
 
+def check_labels(splits, label_column, num_labels: int) -> None:
+    """Raise LabelError naming the split when a label is outside [0, num_labels) and is not -100 (ignored).
+
+    Checked once here, where the data enters, so the model need not check every batch (a host sync per step).
+    """
+    for name, split in splits.items():
+        bad = sorted(v for v in split.unique(label_column) if v != IGNORED_LABEL and not 0 <= v < num_labels)
+        if bad:
+            raise LabelError(
+                f"Split {name!r} has labels outside [0, {num_labels}) in column {label_column!r}: "
+                f"{', '.join(map(str, bad[:5]))}{' ...' if len(bad) > 5 else ''} (-100 marks a sample to ignore)."
+            )
+
+
 def _carve(dataset, size, seed, label_column):
     try:
         return dataset.train_test_split(test_size=size, seed=seed, stratify_by_column=label_column)
@@ -215,6 +244,7 @@ def load_splits(args: DataArguments, seed: int):
     image_column, label_column = detect_columns(raw["train"], args.image_column, args.label_column)
     splits = DatasetDict({name: split.select_columns([image_column, label_column]) for name, split in raw.items()})
     splits, labels = encode_labels(splits, label_column)
+    check_labels(splits, label_column, len(labels))
     skipped = check_images(splits, image_column, args.skip_unreadable_images) if args.check_images else {}
 
     train = splits["train"]

@@ -7,6 +7,8 @@ Each recipe runs as its own `python -m training.train <recipe> --output_dir <out
 (arguments after `--` are appended to every run), so peak memory is measured per run. The numbers come only
 from each run's `final/metrics.json`: accuracy, parameters, training time, peak memory, hardware.
 Writes <output_dir>/results.json, results.md and results.png (accuracy against parameters and against memory).
+A run folder that already holds a run is refused by training.train: pass --skip_existing to reuse it, or
+`-- --overwrite_output_dir true` to train it again. Recipes may name a `base` (training/recipe_files.py).
 """
 
 import argparse

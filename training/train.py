@@ -1,20 +1,24 @@
 """Main job: train a ViX with `transformers.Trainer`, select it on validation, test it once, write a Hub-ready folder.
 
     python -m training.train                                   # digits (offline), a small hybrid ViN, ~2 CPU minutes
-    python -m training.train training/recipes/cpu_cifar10_hybrid_vin_rope.yaml   # a recipe (YAML or JSON)
+    python -m training.train training/recipes/cpu/cifar10_hybrid_vin_rope.yaml   # a recipe (YAML or JSON)
     python -m training.train training/recipes/modern_cifar10.yaml --num_train_epochs 10   # recipe + overrides
     python -m training.train --dataset_name uoft-cs/cifar10 --attention_type performer --bf16 true
     python -m training.train --model_name_or_path outputs/vix-digits/final --dataset_name path/to/images \
-        --ignore_mismatched_sizes true                         # fine-tune on a new label set
+        --ignore_mismatched_sizes true --output_dir outputs/vix-images   # fine-tune on a new label set
     torchrun --nproc_per_node 2 -m training.train ...          # DDP (gloo on CPU, nccl on GPU)
+    accelerate launch --multi_gpu --num_processes 2 -m training.train ... --use_cpu true   # the same via accelerate
 
-Arguments come in three layers: the defaults below (`TRAINING_DEFAULTS` for the `TrainingArguments` that
-differ from transformers' own), then a recipe file, then command-line flags. Every `ModelArguments`,
-`DataArguments` (see training/data.py) and `TrainingArguments` field is a flag.
+Arguments come in three layers: the job's defaults (`TRAINING_DEFAULTS` for the `TrainingArguments` that
+differ from transformers' own, `model_flags.QUICK_START` for the model), then a recipe file, then
+command-line flags. Every `JobArguments`, model config field (`model_flags.ModelArguments`, one per field of
+each `--model_type`'s config class), `DataArguments` (training/data.py) and `TrainingArguments` field is a flag.
+Settings that cannot work (an invalid model combination, labels out of range, a folder the run must not
+write to) stop the job before training with a one-line error and exit status 2.
 
 The final folder (`<output_dir>/final`) holds model.safetensors, config.json (with auto_map), the modeling
-files, preprocessor_config.json, metrics.json, recipe.yaml (every setting of the run, re-runnable) and a
-model card (README.md) with the measured results.
+files, preprocessor_config.json, training_args.bin, metrics.json, recipe.yaml (every setting of the run,
+resolved, re-runnable on its own) and a model card (README.md) with the measured results.
 """
 
 import json
@@ -24,13 +28,12 @@ import os
 import platform
 import resource
 import sys
-import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import NamedTuple
 
-import numpy as np
+import evaluate
 import torch
-import yaml
 from transformers import (
     AutoImageProcessor,
     AutoModelForImageClassification,
@@ -43,60 +46,57 @@ from transformers import (
 )
 from transformers.integrations import is_tensorboard_available
 
-from modeling_vix import VixConfig, VixForImageClassification, VixImageProcessor
+from modeling_vix import VixImageProcessor
+from modeling_vix.image_processing_vix import to_8bit
 
 from .augment import Augmenter
 from .data import ROW_COLUMN, DataArguments, dataset_display_name, load_splits
+from .errors import UsageError
+from .model_flags import (
+    BACKBONE_CONFIGS,
+    ModelArguments,
+    build_config,
+    config_class_for,
+    given_settings,
+    one_line,
+    override_values,
+    resolve_model_settings,
+)
+from .recipe_files import RECIPE_SUFFIXES, resolve_recipe, write_recipe
+from .runs import RunTotals, check_launch, prepare_output_dir
 
 
 logger = logging.getLogger(__name__)
 
-RECIPE_SUFFIXES = (".yaml", ".yml", ".json")
+METRIC_MODULE = Path(__file__).resolve().parent / "metrics" / "top_k_accuracy"
 
 
 @dataclass
-class ModelArguments:
-    """A new ViX (the `VixConfig` fields below), or `--model_name_or_path` to fine-tune a checkpoint."""
+class JobArguments:
+    """What the run starts from (a new `--model_type`, or a checkpoint) and whether it may replace an earlier run."""
 
+    model_type: str = field(
+        default="vix", metadata={"help": "Backbone of a new model.", "choices": tuple(BACKBONE_CONFIGS)}
+    )
     model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "Local folder or Hub id to fine-tune; its architecture wins over the model flags below "
-                          "(use --config_overrides to change e.g. dropout)."},
+        metadata={"help": "Local folder or Hub id to fine-tune; its architecture wins over the model flags "
+                          "(use --config_overrides to change e.g. dropout). Never inside --output_dir."},
     )
     ignore_mismatched_sizes: bool = field(
         default=False, metadata={"help": "Re-initialise the classifier when the checkpoint has another label set."}
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow a checkpoint's own modeling code."})
-    attention_type: str = field(default="nystrom", metadata={"help": "softmax|performer|linformer|nystrom|fnet|mixer"})
-    embedding_type: str = field(default="conv", metadata={"help": "linear|conv"})
-    position_embedding_type: str = field(default="rope_2d", metadata={"help": "learned|rope_1d|rope_2d|none"})
-    pooling: str = field(default="cls", metadata={"help": "cls|mean"})
-    image_size: int = 32
-    patch_size: int = 4
-    hidden_size: int = 64
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 4
-    intermediate_size: int = 128
-    conv_stem_channels: list[int] = field(default_factory=lambda: [32, 64])
-    conv_stem_activation: str = field(default="none", metadata={"help": "none|relu|gelu, between stem convs"})
-    conv_stem_downsampling: str = field(default="last_conv", metadata={"help": "last_conv|max_pool (CCT-style)"})
-    hidden_dropout_prob: float = 0.0
-    attention_probs_dropout_prob: float = 0.0
-    qkv_bias: bool = False
-    nystrom_num_landmarks: int = 16
-    nystrom_residual_conv_kernel: int = 33
-    linformer_k: int = 32
-    performer_num_features: int | None = None
-    mixer_token_expansion: float = 1.0
     config_overrides: str | None = field(
         default=None,
-        metadata={"help": "Any other VixConfig fields, 'key=value,key=value' (PreTrainedConfig.update_from_string), "
+        metadata={"help": "Any other config fields, 'key=value,key=value' (PreTrainedConfig.update_from_string), "
                           "e.g. 'nystrom_padding=zeros_front,layer_norm_eps=1e-12'."},
     )
-
-    def config_kwargs(self) -> dict:
-        skip = {"model_name_or_path", "ignore_mismatched_sizes", "trust_remote_code", "config_overrides"}
-        return {key: value for key, value in asdict(self).items() if key not in skip}
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Delete the checkpoints and final/ of an earlier run in --output_dir and start afresh "
+                          "(without it, such a folder is an error unless resuming)."},
+    )
 
 
 # TrainingArguments defaults of this job that differ from transformers' own (a recipe or a flag overrides them).
@@ -120,70 +120,105 @@ TRAINING_DEFAULTS = {
     "dataloader_pin_memory": False,
     "seed": 0,
     "optim": "adamw_torch",  # the fused default ran about 3x slower per step on 2 CPU cores with small models
+    # Every ViX parameter gets a gradient in every step (tested), so DDP need not search for unused ones (the
+    # Trainer's default for models without gradient checkpointing, which makes DDP warn on every rank).
+    "ddp_find_unused_parameters": False,
 }
+NOT_RECORDED = {"hub_token", "report_to"}  # a secret; a per-machine choice
+
+
+class Settings(NamedTuple):
+    job: JobArguments
+    model: ModelArguments  # as given: None = not set
+    data: DataArguments
+    training: TrainingArguments
+    model_settings: dict  # the resolved config kwargs of a new model ({} when fine-tuning a checkpoint)
+    changed_training: frozenset  # TrainingArguments set by the recipe or a flag
 
 
 def make_parser() -> HfArgumentParser:
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    parser = HfArgumentParser((JobArguments, ModelArguments, DataArguments, TrainingArguments))
     parser.set_defaults(**TRAINING_DEFAULTS)
     return parser
 
 
 def read_recipe(path) -> dict:
-    """A recipe file (YAML or JSON) as a dict of field -> value; unknown keys raise.
+    """A recipe file (YAML or JSON, with its `base` merged in) as a dict of argument -> value; unknown keys raise.
 
     Values are checked and converted by HfArgumentParser when `parse_args` layers them under the flags.
     """
-    path = Path(path)
-    recipe = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text()) or {}
-    if not isinstance(recipe, dict):
-        raise ValueError(f"Recipe {path} must be a mapping of argument names to values.")
+    recipe = resolve_recipe(path)
     known = {f.name for dataclass_type in make_parser().dataclass_types for f in fields(dataclass_type) if f.init}
     unknown = sorted(set(recipe) - known)
     if unknown:
-        raise ValueError(f"Recipe {path} has unknown arguments: {', '.join(unknown)}.")
+        raise UsageError(f"Recipe {path} has unknown arguments: {', '.join(unknown)}.")
     return recipe
 
 
-def parse_args(argv=None):
-    """(ModelArguments, DataArguments, TrainingArguments) from defaults < recipe file (first argument) < flags."""
+def build_arguments(dataclass_type, namespace: dict):
+    values = {f.name: namespace[f.name] for f in fields(dataclass_type) if f.init}
+    try:
+        return dataclass_type(**values)
+    except ValueError as error:  # TrainingArguments refuses impossible combinations, e.g. bf16 without support
+        raise UsageError(one_line(error)) from error
+
+
+def parse_args(argv=None) -> Settings:
+    """The run's settings from defaults < recipe file (first argument) < flags."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = make_parser()
+    baseline = vars(parser.parse_args([]))  # the job's defaults alone (argparse only: no TrainingArguments built)
     if argv and not argv[0].startswith("-") and argv[0].endswith(RECIPE_SUFFIXES):
         parser.set_defaults(**read_recipe(argv[0]))  # argparse converts string defaults with each flag's type
         argv = argv[1:]
-    return parser.parse_args_into_dataclasses(args=argv)
+    namespace = vars(parser.parse_args(argv))
+    job, model, data, training = (build_arguments(dtype, namespace) for dtype in parser.dataclass_types)
+    training_names = {f.name for f in fields(TrainingArguments)}
+    changed = frozenset(name for name in training_names if namespace[name] != baseline[name])
+    if job.model_name_or_path:
+        if ignored := sorted(given_settings(model)):
+            logger.warning("Fine-tuning %s: its architecture is used, so these model settings are ignored: %s "
+                           "(--config_overrides changes the others).", job.model_name_or_path, ", ".join(ignored))
+        model_settings = {}
+    else:
+        model_settings = resolve_model_settings(job.model_type, model)
+    return Settings(job, model, data, training, model_settings, changed)
 
 
-def recipe_dict(model_args, data_args, training_args) -> dict:
-    """Every setting of a run that differs from the dataclass defaults, re-parseable by `parse_args`."""
-    out = {}
-    for args in (model_args, data_args):
-        defaults = type(args)()
-        out.update({k: v for k, v in asdict(args).items() if v != getattr(defaults, k)})
-    reference = TrainingArguments(output_dir=training_args.output_dir).to_dict()
-    reference.update({k: None for k in TRAINING_DEFAULTS})  # always record the job's own defaults
-    current = training_args.to_dict()
-    skip = {"hub_token", "report_to", "do_eval", "do_train", "greater_is_better"}  # secrets; derived or per-machine
-    out.update({k: v for k, v in current.items() if k not in skip and k in reference and v != reference[k]})
+def differing(args) -> dict:
+    """The fields of a dataclass instance that differ from its class defaults."""
+    defaults = type(args)()
+    return {key: value for key, value in asdict(args).items() if value != getattr(defaults, key)}
+
+
+def recipe_dict(settings: Settings) -> dict:
+    """Every setting of a run, resolved (no `base`, model defaults filled in), re-parseable by `parse_args`.
+
+    TrainingArguments are those the job, a recipe or a flag chose, read from the arguments themselves: no
+    second TrainingArguments is built (under torchrun, one built late warns that DDP is not in use).
+    """
+    out = {**differing(settings.job), **settings.model_settings, **differing(settings.data)}
+    training = settings.training.to_dict()
+    chosen = (set(TRAINING_DEFAULTS) | settings.changed_training) - NOT_RECORDED
+    out.update({f.name: training[f.name] for f in fields(TrainingArguments) if f.name in chosen and f.name in training})
     return out
 
 
-def write_recipe(path, recipe: dict) -> None:
-    Path(path).write_text(yaml.safe_dump(recipe, sort_keys=False))
+def load_metric():
+    """The repository's own `evaluate` module (loads offline; `evaluate.load("accuracy")` needs the Hub)."""
+    return evaluate.load(str(METRIC_MODULE), keep_in_memory=True)  # in memory: no cache files shared by DDP ranks
 
 
-def compute_metrics(eval_prediction):
-    """Top-1 and top-5 accuracy in plain numpy (`evaluate.load` would need the Hub)."""
-    logits, labels = eval_prediction.predictions, eval_prediction.label_ids
-    if isinstance(logits, tuple):
-        logits = logits[0]
-    k = min(5, logits.shape[-1])
-    top_k = np.argpartition(-logits, k - 1, axis=-1)[:, :k]
-    return {
-        "accuracy": float((logits.argmax(-1) == labels).mean()),
-        "top5_accuracy": float((top_k == labels[:, None]).any(-1).mean()),
-    }
+def make_compute_metrics(metric):
+    """Trainer `compute_metrics`: top-1 and top-5 accuracy through the evaluate module."""
+
+    def compute_metrics(eval_prediction):
+        logits, labels = eval_prediction.predictions, eval_prediction.label_ids
+        if isinstance(logits, tuple):
+            logits = logits[0]
+        return metric.compute(predictions=logits, references=labels, k=5)
+
+    return compute_metrics
 
 
 class EpochCallback(TrainerCallback):
@@ -197,47 +232,58 @@ class EpochCallback(TrainerCallback):
 
 
 def make_transform(processor, image_column, label_column, augmenter=None):
-    """datasets `set_transform` function: images -> normalized `pixel_values` (+ seeded augmentation), labels."""
+    """datasets `set_transform` function: images -> normalized `pixel_values` (+ seeded augmentation), labels.
+
+    16-bit and float images are scaled to 8 bits here too (`to_8bit`), not only in VixImageProcessor, so that a
+    checkpoint's own processor (fine-tuning) gets them right as well.
+    """
     mean = torch.tensor(processor.image_mean, dtype=torch.float32).view(-1, 1, 1)
     std = torch.tensor(processor.image_std, dtype=torch.float32).view(-1, 1, 1)
 
     def transform(batch):
+        images = [to_8bit(image) for image in batch[image_column]]
         if augmenter is not None and augmenter.active:
-            pixels = processor(batch[image_column], do_normalize=False, return_tensors="pt")["pixel_values"]
+            pixels = processor(images, do_normalize=False, return_tensors="pt")["pixel_values"]
             pixels = augmenter(pixels.float(), batch[ROW_COLUMN])
             if processor.do_normalize:
                 pixels = (pixels - mean) / std
         else:
-            pixels = processor(batch[image_column], return_tensors="pt")["pixel_values"]
+            pixels = processor(images, return_tensors="pt")["pixel_values"]
         return {"pixel_values": pixels, "labels": batch[label_column]}
 
     return transform
 
 
-def build_model(model_args: ModelArguments, labels):
-    id2label = dict(enumerate(labels))
-    label2id = {name: i for i, name in enumerate(labels)}
-    if model_args.model_name_or_path:
-        model = AutoModelForImageClassification.from_pretrained(
-            model_args.model_name_or_path, num_labels=len(labels), id2label=id2label, label2id=label2id,
-            ignore_mismatched_sizes=model_args.ignore_mismatched_sizes, trust_remote_code=model_args.trust_remote_code,
-        )
-        if model_args.config_overrides:
-            model.config.update_from_string(model_args.config_overrides)
-        try:
-            processor = AutoImageProcessor.from_pretrained(
-                model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code
-            )
-        except OSError:
-            height, width = model.config.image_size_hw
-            processor = VixImageProcessor(size={"height": height, "width": width})
-        return model, processor
-    config = VixConfig(**model_args.config_kwargs(), num_labels=len(labels), id2label=id2label, label2id=label2id)
-    if model_args.config_overrides:
-        config.update_from_string(model_args.config_overrides)
-        config.check_combinations()
-    height, width = config.image_size_hw
-    return VixForImageClassification(config), VixImageProcessor(size={"height": height, "width": width})
+def image_size_hw(config) -> tuple[int, int]:
+    size = config.image_size
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def load_pretrained(job: JobArguments, labels, label_kwargs):
+    model = AutoModelForImageClassification.from_pretrained(
+        job.model_name_or_path, num_labels=len(labels), **label_kwargs,
+        ignore_mismatched_sizes=job.ignore_mismatched_sizes, trust_remote_code=job.trust_remote_code,
+    )
+    if job.config_overrides:
+        model.config.update_from_string(job.config_overrides)
+    try:
+        processor = AutoImageProcessor.from_pretrained(job.model_name_or_path, trust_remote_code=job.trust_remote_code)
+    except OSError:
+        height, width = image_size_hw(model.config)
+        processor = VixImageProcessor(size={"height": height, "width": width})
+    return model, processor
+
+
+def build_model(settings: Settings, labels):
+    """(model, image processor): a checkpoint to fine-tune, or a new model of --model_type from the resolved settings."""
+    label_kwargs = {"id2label": dict(enumerate(labels)), "label2id": {name: i for i, name in enumerate(labels)}}
+    if settings.job.model_name_or_path:
+        return load_pretrained(settings.job, labels, label_kwargs)
+    config_class = config_class_for(settings.job.model_type)
+    overrides = override_values(config_class, settings.job.config_overrides)
+    config = build_config(config_class, {**settings.model_settings, **overrides}, num_labels=len(labels), **label_kwargs)
+    height, width = image_size_hw(config)
+    return AutoModelForImageClassification.from_config(config), VixImageProcessor(size={"height": height, "width": width})
 
 
 def cpu_model_name() -> str:
@@ -264,18 +310,31 @@ def peak_memory_mb(device) -> float:
 
 
 def main(argv=None, callbacks=None):
-    model_args, data_args, training_args = parse_args(argv)
+    """The job; a UsageError (bad settings or data, found before training) becomes one line on stderr and exit 2."""
+    try:
+        return run(argv, callbacks)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def run(argv=None, callbacks=None):
+    check_launch()
+    settings = parse_args(argv)
+    job, data_args, training_args = settings.job, settings.data, settings.training
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    resume = training_args.resume_from_checkpoint
-    if isinstance(resume, str) and resume.lower() in ("true", "last"):
-        resume = True  # the last checkpoint in output_dir
+    with training_args.main_process_first(desc="output folder check"):
+        resume = prepare_output_dir(training_args.output_dir, job.model_name_or_path,
+                                    training_args.resume_from_checkpoint, job.overwrite_output_dir,
+                                    is_main_process=training_args.process_index == 0)
     set_seed(training_args.seed)
 
     with training_args.main_process_first(desc="dataset loading"):
         splits, data_info = load_splits(data_args, training_args.seed)
+        metric = load_metric()
     labels = data_info["labels"]
-    model, processor = build_model(model_args, labels)
+    model, processor = build_model(settings, labels)
 
     augmenter = Augmenter(
         data_args.augmentation, seed=training_args.seed, crop_padding=data_args.crop_padding,
@@ -287,14 +346,14 @@ def main(argv=None, callbacks=None):
     for name in ("validation", "test"):
         splits[name].set_transform(make_transform(processor, image_column, label_column))
 
+    totals = RunTotals()
     trainer = Trainer(
         model=model, args=training_args, train_dataset=splits["train"], eval_dataset=splits["validation"],
-        data_collator=DefaultDataCollator(), processing_class=processor, compute_metrics=compute_metrics,
-        callbacks=[EpochCallback(augmenter), *(callbacks or [])],
+        data_collator=DefaultDataCollator(), processing_class=processor, compute_metrics=make_compute_metrics(metric),
+        callbacks=[EpochCallback(augmenter), totals, *(callbacks or [])],
     )
-    start = time.time()
     train_result = trainer.train(resume_from_checkpoint=resume)
-    train_seconds = time.time() - start
+    whole_run = totals.whole_run(train_result.training_loss)
     final_dir = Path(training_args.output_dir) / "final"
     trainer.save_model(str(final_dir))  # on every rank: Trainer writes from the main process only
     metrics = trainer.evaluate(splits["test"], metric_key_prefix="test")  # once, with the best validation model
@@ -303,8 +362,7 @@ def main(argv=None, callbacks=None):
         "best_validation_accuracy": trainer.state.best_metric,
         # relative to output_dir: metrics.json travels with the published folder, local paths should not
         "best_checkpoint": Path(best).name if (best := trainer.state.best_model_checkpoint) else None,
-        "train_runtime": train_result.metrics.get("train_runtime", train_seconds),
-        "train_loss": train_result.metrics.get("train_loss"),
+        **whole_run,  # train_runtime and train_loss of the whole run, across resumes
         "epochs": trainer.state.epoch,
         "global_steps": trainer.state.global_step,
         "num_parameters": trainer.model.num_parameters(),
@@ -319,7 +377,7 @@ def main(argv=None, callbacks=None):
     if trainer.is_world_process_zero():
         from model_cards import write_model_card
 
-        recipe = recipe_dict(model_args, data_args, training_args)
+        recipe = recipe_dict(settings)
         write_recipe(final_dir / "recipe.yaml", recipe)
         (final_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
         card_path = write_model_card(final_dir, metrics, recipe)

@@ -1,0 +1,1 @@
+"""Evaluation modules for `evaluate.load(path)`, shipped with the repository (they load offline)."""
