@@ -7,10 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from modeling_vix import VixConfig
+from modeling_vix import MIXER_CAPABILITIES, VixConfig
 
 
-ATTENTION_TYPES = ("softmax", "performer", "linformer", "nystrom", "fnet", "mixer")
+# Every registered mixer, read from the registry (a new mixer joins every matrix without editing the tests).
+ATTENTION_TYPES = tuple(MIXER_CAPABILITIES)
 EMBEDDING_TYPES = ("linear", "conv")
 POSITION_TYPES = ("learned", "rope_1d", "rope_2d", "none")
 CIFAR10_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
@@ -28,12 +29,13 @@ def tiny_config(**overrides) -> VixConfig:
 
 
 def allowed_combinations():
-    """Every (attention, embedding, position) that VixConfig accepts: RoPE needs queries and keys."""
+    """Every (attention, embedding, position) that VixConfig accepts: RoPE needs queries and keys, which the
+    registry's capabilities say (`supports_rope`)."""
     combos = []
     for attention in ATTENTION_TYPES:
         for embedding in EMBEDDING_TYPES:
             for position in POSITION_TYPES:
-                if position.startswith("rope") and attention in ("fnet", "mixer"):
+                if position.startswith("rope") and not MIXER_CAPABILITIES[attention].supports_rope:
                     continue
                 combos.append((attention, embedding, position))
     return combos
@@ -78,3 +80,83 @@ def cifar_pixels(cifar_images):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Helpers for the backbone, convention and integration tests
+# --------------------------------------------------------------------------------------------------------------
+
+
+def tiny_cct_config(**overrides):
+    """A tiny CCT: the default 3-layer tokenizer (strides 2, 1, 1) on 32x32 -> 16x16 = 256 tokens, hidden 32,
+    2 layers, 4 heads of 8."""
+    from modeling_vix import VixCctConfig
+
+    settings = dict(
+        image_size=32, hidden_size=32, intermediate_size=64, tokenizer_hidden_channels=8, num_hidden_layers=2,
+        num_attention_heads=4, nystrom_num_landmarks=8, linformer_k=8, nystrom_residual_conv_kernel=5, num_labels=10,
+    )
+    settings.update(overrides)
+    return VixCctConfig(**settings)
+
+
+def tiny_pit_config(**overrides):
+    """A tiny PiT: patch 4 stride 2 on 32x32 -> 15x15 tokens + cls, then pooled to 8x8 + cls; widths 16 and 32."""
+    from modeling_vix import VixPitConfig
+
+    settings = dict(
+        image_size=32, hidden_sizes=[16, 32], depths=[1, 1], num_attention_heads=[2, 4], nystrom_num_landmarks=8,
+        linformer_k=8, nystrom_residual_conv_kernel=5, num_labels=10,
+    )
+    settings.update(overrides)
+    return VixPitConfig(**settings)
+
+
+class logged_warnings:
+    """`with logged_warnings() as messages:` collects the messages logged at WARNING or above by transformers' and
+    ViX's loggers inside the block. `warning_once`'s memory is cleared on entry, so a warning already given earlier
+    in the session (in another test) is given again here."""
+
+    def __enter__(self) -> list[str]:
+        import logging
+
+        logging.Logger.warning_once.cache_clear()
+        self.messages = []
+        messages = self.messages
+
+        class Collect(logging.Handler):
+            def emit(self, record):
+                messages.append(record.getMessage())
+
+        self.handler = Collect(level=logging.WARNING)
+        self.loggers = [logging.getLogger("transformers"), logging.getLogger("modeling_vix")]
+        for logger in self.loggers:
+            logger.addHandler(self.handler)
+        return self.messages
+
+    def __exit__(self, *exc_info):
+        for logger in self.loggers:
+            logger.removeHandler(self.handler)
+        return False
+
+
+HIDE_PACKAGE = 'import sys\nsys.modules["modeling_vix"] = None  # hide the (editable-installed) package\n'
+
+
+def run_without_package(script: str, args, work: Path, timeout: int = 300):
+    """Run `script` (with `args`) in a fresh interpreter where `import modeling_vix` fails, as on a machine that
+    only has the saved folders: offline, its own HF_HOME under `work` (so remote code is cached there, not shared),
+    no PYTHONPATH, `work` as the current folder. Fails the test with the child's output if it exits non-zero;
+    returns the finished `subprocess.CompletedProcess`."""
+    import os
+    import subprocess
+    import sys
+
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "TRANSFORMERS_"))}
+    env.update(HF_HOME=str(Path(work) / "hf_home"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH="")
+    proc = subprocess.run(
+        [sys.executable, "-c", HIDE_PACKAGE + script, *map(str, args)],
+        cwd=work, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+    assert proc.returncode == 0, f"child failed:\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-8000:]}"
+    return proc

@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from huggingface_hub.errors import StrictDataclassFieldValidationError
 
 from conftest import tiny_config
 from modeling_vix import VixForImageClassification
@@ -75,13 +76,16 @@ def test_default_conv_stem_keeps_the_paper_stem_and_its_checkpoint_keys():
 
 
 @pytest.mark.parametrize(
-    "overrides, pattern",
+    "overrides, error, pattern",
     [
-        ({"embedding_type": "linear", "conv_stem_activation": "relu"}, "embedding_type='conv'"),
-        ({"embedding_type": "conv", "conv_stem_downsampling": "max_pool", "patch_size": 2}, "patch_size must be 4"),
-        ({"embedding_type": "conv", "conv_stem_activation": "tanh"}, "conv_stem_activation"),
+        ({"embedding_type": "linear", "conv_stem_activation": "relu"}, ValueError, "embedding_type='conv'"),
+        ({"embedding_type": "conv", "conv_stem_downsampling": "max_pool", "patch_size": 2}, ValueError,
+         "patch_size must be 4"),
+        # An unknown activation is refused by the field's own type (a Literal), naming the valid ones.
+        ({"embedding_type": "conv", "conv_stem_activation": "tanh"}, StrictDataclassFieldValidationError,
+         r"'conv_stem_activation' expected one of \('none', 'relu', 'gelu'\), got tanh"),
     ],
 )
-def test_conv_stem_options_reject_impossible_combinations(overrides, pattern):
-    with pytest.raises(ValueError, match=pattern):
+def test_conv_stem_options_reject_impossible_combinations(overrides, error, pattern):
+    with pytest.raises(error, match=pattern):
         tiny_config(**{"conv_stem_channels": [8], **overrides})

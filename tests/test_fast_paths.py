@@ -5,7 +5,16 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny_config
-from modeling_vix.mixers_vix import NystromAttention, depthwise_token_conv, iterative_pinv
+from modeling_vix.mixers_vix import NystromAttention, PerformerAttention, depthwise_token_conv, iterative_pinv
+from modeling_vix.modeling_vix import vit_mixer_shape
+
+
+def build_mixer(mixer_class, attn_implementation="sdpa", **overrides):
+    """A mixer of the tiny ViT's first layer, built as the model builds it (config + MixerShape). The config's
+    attn_implementation picks the fused path ("sdpa") or the one that materialises attention maps ("eager")."""
+    config = tiny_config(**overrides)
+    config._attn_implementation = attn_implementation
+    return mixer_class(config, vit_mixer_shape(config))
 
 
 @pytest.mark.parametrize("shape", [(2, 4, 1025, 32, 33), (1, 2, 7, 3, 5), (2, 3, 100, 8, 1), (1, 2, 64, 4, 129)])
@@ -24,7 +33,7 @@ def test_banded_token_conv_equals_grouped_conv2d(shape):
 
 
 def test_fused_qkv_projection_equals_separate_linears():
-    mixer = NystromAttention(tiny_config(attention_type="nystrom", qkv_bias=True))
+    mixer = build_mixer(NystromAttention, attention_type="nystrom", qkv_bias=True)
     hidden = torch.randn(2, 65, 32)
     query, key, value = mixer.project_qkv(hidden, None)
     for projection, got in zip((mixer.q_proj, mixer.k_proj, mixer.v_proj), (query, key, value)):
@@ -33,7 +42,7 @@ def test_fused_qkv_projection_equals_separate_linears():
 
 def test_recomputed_pseudo_inverse_gives_the_same_gradients():
     """The pseudo-inverse is recomputed in backward instead of stored: gradients must not change."""
-    mixer = NystromAttention(tiny_config(attention_type="nystrom")).train()
+    mixer = build_mixer(NystromAttention, attention_type="nystrom").train()
     hidden = torch.randn(2, 65, 32, requires_grad=True)
     output, _ = mixer(hidden)
     recomputed = torch.autograd.grad(output.square().sum(), [hidden, *mixer.parameters()])
@@ -47,15 +56,15 @@ def test_recomputed_pseudo_inverse_gives_the_same_gradients():
 
 def test_recomputed_favor_features_give_the_same_gradients():
     """Performer's feature maps are recomputed in backward instead of stored: gradients must not change.
-    The output_attentions path stores them (it needs the maps), so it serves as the plain reference."""
-    from modeling_vix.mixers_vix import PerformerAttention
-
-    mixer = PerformerAttention(tiny_config(attention_type="performer")).train()
+    The eager path stores them (it builds the attention map from them), so it serves as the plain reference."""
+    mixer = build_mixer(PerformerAttention, "sdpa", attention_type="performer").train()
     hidden = torch.randn(2, 65, 32, requires_grad=True)
     inputs = [hidden, *mixer.parameters()]
-    recomputed_output, _ = mixer(hidden)
+    recomputed_output, weights = mixer(hidden)
+    assert weights is None
     recomputed = torch.autograd.grad(recomputed_output.square().sum(), inputs)
-    stored_output, weights = mixer(hidden, output_attentions=True)
+    mixer.config._attn_implementation = "eager"
+    stored_output, weights = mixer(hidden)
     assert weights is not None
     stored = torch.autograd.grad(stored_output.square().sum(), inputs)
     torch.testing.assert_close(recomputed_output, stored_output)
