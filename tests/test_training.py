@@ -157,11 +157,11 @@ def test_recipe_unknown_key_is_an_error(tmp_path):
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[str(p.relative_to(RECIPES_DIR)) for p in RECIPES])
 def test_shipped_recipes_parse_and_build_a_valid_config(recipe):
-    from modeling_vix import VixConfig
+    from modeling_vix import BACKBONE_CONFIGS
 
     cpu = [] if torch.cuda.is_available() else ["--use_cpu", "true"]  # bf16 recipes need it without a GPU
     settings = parse_args([str(recipe), *cpu])
-    VixConfig(**settings.model_settings, num_labels=10)
+    BACKBONE_CONFIGS[settings.job.model_type](**settings.model_settings, num_labels=10)
     assert settings.training.metric_for_best_model == "accuracy" and settings.training.load_best_model_at_end
 
 
@@ -171,6 +171,9 @@ def test_recipe_sets_cover_the_paper_variants():
         assert {f"cifar10_{mixer}", f"cifar10_hybrid_{mixer}"} <= paper
     for mixer in ("vit", "vip", "vil", "vin"):
         assert {f"cifar10_{mixer}_rope", f"cifar10_hybrid_{mixer}_rope"} <= paper
+    assert {"cifar10_cct", "cifar10_ccn", "cifar10_ccp"} <= paper  # the paper's CCT X-formers
+    cpu = {p.stem for p in (RECIPES_DIR / "cpu").glob("*.yaml")}
+    assert {f"cifar10_{name}" for name in ("cct", "ccn", "ccp", "pit", "pin", "pip")} <= cpu
     assert (RECIPES_DIR / "modern_cifar10.yaml").exists()
     assert len(list((RECIPES_DIR / "cpu").glob("*.yaml"))) >= 6
 

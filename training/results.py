@@ -7,6 +7,8 @@ Each recipe runs as its own `python -m training.train <recipe> --output_dir <out
 (arguments after `--` are appended to every run), so peak memory is measured per run. The numbers come only
 from each run's `final/metrics.json`: accuracy, parameters, training time, peak memory, hardware.
 Writes <output_dir>/results.json, results.md and results.png (accuracy against parameters and against memory).
+`--append_to benchmarks/results/cifar10_cpu_budget.json` adds (or replaces, by recipe) the new rows in an
+existing results table instead, keeping its rows and the commands that produced them.
 A run folder that already holds a run is refused by training.train: pass --skip_existing to reuse it, or
 `-- --overwrite_output_dir true` to train it again. Recipes may name a `base` (training/recipe_files.py).
 """
@@ -100,19 +102,38 @@ def main(argv=None):
     parser.add_argument("recipes", nargs="+", type=Path, help="recipe files (YAML or JSON)")
     parser.add_argument("--output_dir", type=Path, default=Path("outputs/results"))
     parser.add_argument("--skip_existing", action="store_true", help="reuse runs that already wrote metrics.json")
+    parser.add_argument("--append_to", type=Path, default=None,
+                        help="an existing results.json: add these rows to it (same-recipe rows are replaced)")
     args = parser.parse_args(argv)
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
+    if args.append_to is not None and not args.append_to.is_file():
+        parser.error(f"--append_to {args.append_to}: no such results file")
     rows = [run_recipe(recipe, args.output_dir / "runs" / recipe.stem, extra, args.skip_existing) for recipe in args.recipes]
-    (args.output_dir / "results.json").write_text(json.dumps(rows, indent=2, default=str))
     command = "python -m training.results " + " ".join(str(item) for item in argv + (["--", *extra] if extra else []))
-    (args.output_dir / "results.md").write_text(
-        f"Command (from the repository root): `{command}`\n\n" + markdown_table(rows)
-    )
-    plot(rows, args.output_dir / "results.png")
+    commands = [command]
+    json_path = args.output_dir / "results.json"
+    if args.append_to is not None:
+        json_path = args.append_to
+        new_recipes = {row["recipe"] for row in rows}
+        kept = [row for row in json.loads(json_path.read_text()) if row["recipe"] not in new_recipes]
+        commands = previous_commands(json_path.with_suffix(".md")) + commands
+        rows = sorted(kept + rows, key=lambda row: -row.get("test_accuracy", 0))
+    json_path.write_text(json.dumps(rows, indent=2, default=str))
+    header = "\n".join(f"Command (from the repository root): `{line}`" for line in commands)
+    json_path.with_suffix(".md").write_text(header + "\n\n" + markdown_table(rows))
+    plot(rows, json_path.with_suffix(".png"))
     print(markdown_table(rows))
-    print(f"wrote {args.output_dir / 'results.json'}, results.md and results.png")
+    print(f"wrote {json_path} and its .md and .png")
     return rows
+
+
+def previous_commands(markdown_path: Path) -> list[str]:
+    """The commands an existing results markdown states (one `Command ...: `...`` line each)."""
+    if not markdown_path.is_file():
+        return []
+    prefix = "Command (from the repository root): `"
+    return [line[len(prefix):-1] for line in markdown_path.read_text().splitlines() if line.startswith(prefix)]
 
 
 if __name__ == "__main__":
