@@ -9,15 +9,18 @@ import copy
 import pytest
 import torch
 
-from conftest import ATTENTION_TYPES, allowed_combinations, tiny_config
-from modeling_vix import VixForImageClassification
+from conftest import ATTENTION_TYPES, allowed_combinations, logged_warnings, tiny_config
+from modeling_vix import MIXER_CAPABILITIES, VixForImageClassification
 
 
 COMBOS = allowed_combinations()
 COMBO_IDS = ["-".join(combo) for combo in COMBOS]
-ATTENTION_MIXERS = ("softmax", "performer", "linformer", "nystrom")  # have real attention maps
-MAPLESS_MIXERS = ("fnet", "mixer")
-VARIABLE_LENGTH_MIXERS = ("softmax", "performer", "nystrom")  # no parameter sized by the token count
+# From the registry's capabilities (tests/test_conventions.py checks that the mixers live up to them).
+ATTENTION_MIXERS = tuple(n for n, can in MIXER_CAPABILITIES.items() if can.returns_attention_weights)
+MAPLESS_MIXERS = tuple(n for n, can in MIXER_CAPABILITIES.items() if not can.returns_attention_weights)
+# No parameter sized by the token count: any input size runs.
+VARIABLE_LENGTH_MIXERS = tuple(n for n, can in MIXER_CAPABILITIES.items() if not can.fixed_sequence_length)
+VARIABLE_LENGTH_ROPE_MIXERS = tuple(n for n in VARIABLE_LENGTH_MIXERS if MIXER_CAPABILITIES[n].supports_rope)
 NUM_LABELS = 10
 HIDDEN = 32
 LAYERS = 2
@@ -53,7 +56,7 @@ def assert_finite(tensor, what="tensor"):
 # --------------------------------------------------------------------------------------------------------------
 
 MEAN_COMBOS = [(attention, "linear", "learned") for attention in ATTENTION_TYPES] + [
-    (attention, "conv", "rope_2d") for attention in ATTENTION_MIXERS
+    (attention, "conv", "rope_2d") for attention in ATTENTION_TYPES if MIXER_CAPABILITIES[attention].supports_rope
 ]
 ALL_CASES = [pytest.param(*combo, "cls", id=f"{name}-cls") for combo, name in zip(COMBOS, COMBO_IDS)] + [
     pytest.param(*combo, "mean", id="-".join(combo) + "-mean") for combo in MEAN_COMBOS
@@ -200,7 +203,7 @@ def test_output_hidden_states_for_every_mixer(attention, embedding, position):
     assert plain.hidden_states is None
     # The first state is the embedding output, the last one the final layer's output before the layernorm.
     with torch.no_grad():
-        embedded, _, _ = model.vix.embeddings(pixels(2))
+        embedded, _ = model.vix.embeddings(pixels(2))
         from_last_state = model.classifier(model.vix.layernorm(outputs.hidden_states[-1])[:, 0])
     torch.testing.assert_close(outputs.hidden_states[0], embedded)
     torch.testing.assert_close(from_last_state, outputs.logits)
@@ -210,13 +213,23 @@ def test_output_hidden_states_for_every_mixer(attention, embedding, position):
 @pytest.mark.parametrize("attention,embedding,position", [c for c in COMBOS if c[0] in ATTENTION_MIXERS],
                          ids=[n for c, n in zip(COMBOS, COMBO_IDS) if c[0] in ATTENTION_MIXERS])
 def test_output_attentions_returns_real_maps(attention, embedding, position):
+    """transformers v5's rule for every attention mixer: the default fused path ("sdpa") builds no maps (an empty
+    tuple and a warning that says to use eager), attn_implementation="eager" returns real ones."""
     model = make_model(attention, embedding, position).eval()
-    if attention == "softmax":
-        assert model.config._attn_implementation == "sdpa"  # the default; maps must come back anyway
+    assert model.config._attn_implementation == "sdpa"  # the default
     inputs = pixels(2)
     with torch.no_grad():
-        outputs = model(inputs, output_attentions=True)
         plain = model(inputs)
+        with logged_warnings() as warnings:
+            fused = model(inputs, output_attentions=True)
+    assert fused.attentions == ()
+    assert any("output_attentions" in m or "attention maps" in m for m in warnings), warnings
+    assert any("eager" in m for m in warnings), warnings  # says how to get them
+    torch.testing.assert_close(fused.logits, plain.logits, rtol=0, atol=0)
+
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        outputs = model(inputs, output_attentions=True)
     tokens = num_tokens("cls")
     keys = model.config.linformer_k if attention == "linformer" else tokens
     assert isinstance(outputs.attentions, tuple) and len(outputs.attentions) == LAYERS
@@ -230,33 +243,91 @@ def test_output_attentions_returns_real_maps(attention, embedding, position):
             torch.testing.assert_close(row_sums, torch.ones_like(row_sums), rtol=0, atol=1e-4)
         else:  # nystrom: product of two row-stochastic softmaxes and an approximate inverse
             torch.testing.assert_close(row_sums, torch.ones_like(row_sums), rtol=0, atol=0.1)
-    # Asking for maps must not change the result (the map path is the same attention).
+    # The map path computes the same attention as the fused path.
     torch.testing.assert_close(outputs.logits, plain.logits, rtol=1e-4, atol=1e-5)
 
 
-def test_softmax_sdpa_maps_match_eager_model():
-    sdpa_model = make_model("softmax").eval()
+def rotate_pairs_as_complex(x, positions, base=10000.0):
+    """RoFormer's rotation written with complex numbers, as an independent reference: channel pair (2i, 2i+1) of the
+    token at position p is the complex number x_2i + i x_2i+1, multiplied by exp(i p base^(-2i/d))."""
+    head_dim = x.shape[-1]
+    theta = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = positions.to(torch.float64)[:, None] * theta  # (N, D/2)
+    rotated = torch.view_as_complex(x.double().unflatten(-1, (-1, 2)).contiguous()) * torch.polar(
+        torch.ones_like(angles), angles
+    )
+    return torch.view_as_real(rotated).flatten(-2).to(x.dtype)
+
+
+@pytest.mark.parametrize("position", ["learned", "rope_1d"])
+def test_softmax_eager_maps_equal_independent_maps_and_sdpa_warns(position):
+    """The eager model's maps are softmax(q k^T / sqrt(d)) computed here from each layer's input and the q/k
+    weights (with RoPE written independently); the sdpa model (the default) returns none and warns."""
+    sdpa_model = make_model("softmax", position=position).eval()
+    _scale_projections(sdpa_model, "q_proj", 10.0)  # peaked maps (the init's are near-uniform)
+    _scale_projections(sdpa_model, "k_proj", 10.0)
     eager_model = VixForImageClassification(copy.deepcopy(sdpa_model.config))
     eager_model.load_state_dict(sdpa_model.state_dict())
     eager_model.set_attn_implementation("eager")
     eager_model.eval()
+    assert sdpa_model.config._attn_implementation == "sdpa"
     inputs = pixels(2)
+
+    layer_inputs = []
+    handles = [layer.attention.register_forward_pre_hook(lambda module, args: layer_inputs.append(args[0]))
+               for layer in eager_model.vix.layers]
     with torch.no_grad():
-        from_sdpa = sdpa_model(inputs, output_attentions=True).attentions
         from_eager = eager_model(inputs, output_attentions=True).attentions
-    for left, right in zip(from_sdpa, from_eager, strict=True):
-        torch.testing.assert_close(left, right)
+    for handle in handles:
+        handle.remove()
+    with torch.no_grad(), logged_warnings() as warnings:
+        from_sdpa = sdpa_model(inputs, output_attentions=True).attentions
+    assert from_sdpa == ()
+    assert any("sdpa" in m and "eager" in m for m in warnings), warnings
+
+    head_dim = HIDDEN // HEADS
+    assert len(from_eager) == len(layer_inputs) == LAYERS
+    for layer, hidden, attention_map in zip(eager_model.vix.layers, layer_inputs, from_eager):
+        mixer = layer.attention
+        query = (hidden @ mixer.q_proj.weight.T).unflatten(-1, (HEADS, head_dim)).transpose(1, 2)  # (B, H, N, D)
+        key = (hidden @ mixer.k_proj.weight.T).unflatten(-1, (HEADS, head_dim)).transpose(1, 2)
+        if position == "rope_1d":  # raster positions, cls first at 0
+            positions = torch.arange(query.shape[-2])
+            query, key = rotate_pairs_as_complex(query, positions), rotate_pairs_as_complex(key, positions)
+        expected = torch.softmax(query @ key.transpose(-1, -2) / head_dim**0.5, dim=-1)
+        assert expected.amax(-1).mean() > 2 / expected.shape[-1]  # far from uniform: the comparison can fail
+        torch.testing.assert_close(attention_map, expected, rtol=1e-4, atol=1e-6)
+
+
+MAPLESS_EAGER_NO_WARNING = (
+    "modeling_vix bug: VixTokenMixer.warn_if_maps_unavailable returns early whenever the eager path is on "
+    "(`or self.materialize_attention_maps`), so FNet / MLP-Mixer under attn_implementation='eager' return no maps "
+    "without the warning that they have none"
+)
 
 
 @pytest.mark.parametrize("attention", MAPLESS_MIXERS)
-def test_output_attentions_raises_for_mapless_mixers(attention):
+@pytest.mark.parametrize("attn_implementation", [
+    "sdpa", pytest.param("eager", marks=pytest.mark.xfail(strict=True, reason=MAPLESS_EAGER_NO_WARNING)),
+])
+def test_output_attentions_warns_for_mapless_mixers(attention, attn_implementation):
+    """FNet and MLP-Mixer have no attention map in any mode: output_attentions gives an empty tuple and a warning
+    that says why (no error: a generic caller may ask every model for maps)."""
     model = make_model(attention).eval()
-    with pytest.raises(ValueError, match=attention):
-        model(pixels(2), output_attentions=True)
-    with pytest.raises(ValueError, match=attention):
-        model.vix(pixels(2), output_attentions=True)
-    # output_hidden_states still works, and output_attentions=False is fine
-    outputs = model(pixels(2), output_hidden_states=True, output_attentions=False)
+    model.set_attn_implementation(attn_implementation)
+    inputs = pixels(2)
+    with torch.no_grad():
+        plain = model(inputs)
+        for forward in (model, model.vix):
+            with logged_warnings() as warnings:
+                outputs = forward(inputs, output_attentions=True)
+            assert outputs.attentions == ()
+            assert any(attention in m and "attention" in m for m in warnings), warnings
+        torch.testing.assert_close(model(inputs, output_attentions=True).logits, plain.logits, rtol=0, atol=0)
+        # output_hidden_states still works, and output_attentions=False asks for nothing and warns of nothing
+        with logged_warnings() as warnings:
+            outputs = model(inputs, output_hidden_states=True, output_attentions=False)
+    assert not warnings
     assert len(outputs.hidden_states) == LAYERS + 1
     assert not outputs.attentions  # None, never maps
 
@@ -309,6 +380,7 @@ def test_performer_large_logits_stay_finite_in_half_precision(mode, scale):
     """Queries and keys large enough that exp() of the random-feature logits overflows fp16: the feature
     maps must run in fp32 (and stabilised), so outputs stay finite and the attention maps match fp32."""
     reference = make_model("performer").eval()
+    reference.set_attn_implementation("eager")  # the maps are compared too; eager builds them
     _scale_projections(reference, "q_proj", scale)
     _scale_projections(reference, "k_proj", scale)
     inputs = pixels(2)
@@ -370,7 +442,7 @@ OTHER_SIZES = [(48, 48), (32, 64)]
 
 
 @pytest.mark.parametrize("position", ["rope_1d", "rope_2d"])
-@pytest.mark.parametrize("attention", VARIABLE_LENGTH_MIXERS)
+@pytest.mark.parametrize("attention", VARIABLE_LENGTH_ROPE_MIXERS)
 @pytest.mark.parametrize("size", OTHER_SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
 def test_rope_accepts_other_input_sizes_without_a_flag(position, attention, size, pooling):
@@ -388,7 +460,7 @@ def test_rope_accepts_other_input_sizes_without_a_flag(position, attention, size
     torch.testing.assert_close(flagged, logits, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("attention", VARIABLE_LENGTH_MIXERS + ("fnet",))
+@pytest.mark.parametrize("attention", VARIABLE_LENGTH_MIXERS)
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
 def test_learned_positions_interpolate(attention, pooling):
     model = make_model(attention, "linear", "learned", pooling=pooling).eval()
@@ -402,7 +474,7 @@ def test_learned_positions_interpolate(attention, pooling):
             assert_finite(outputs.last_hidden_state)
 
 
-@pytest.mark.parametrize("attention", VARIABLE_LENGTH_MIXERS + ("fnet",))
+@pytest.mark.parametrize("attention", VARIABLE_LENGTH_MIXERS)
 def test_no_positions_accept_other_input_sizes(attention):
     model = make_model(attention, "conv", "none").eval()
     with torch.no_grad():
@@ -412,6 +484,7 @@ def test_no_positions_accept_other_input_sizes(attention):
 
 def test_rope_2d_attention_maps_follow_the_grid():
     model = make_model("softmax", "linear", "rope_2d", pooling="mean").eval()
+    model.set_attn_implementation("eager")
     with torch.no_grad():
         outputs = model(pixels(1, 32, 64), output_attentions=True)
     assert outputs.attentions[0].shape == (1, HEADS, 8 * 16, 8 * 16)
@@ -422,10 +495,11 @@ def test_rope_2d_scores_depend_on_relative_grid_position_at_other_sizes():
     from modeling_vix.mixers_vix import apply_rotary
 
     model = make_model("softmax", "linear", "rope_2d", pooling="mean").eval()
-    with torch.no_grad():
-        _, rope, grid = model.vix.embeddings(pixels(1, 32, 64))
-    assert grid == (8, 16)
     head_dim = HIDDEN // HEADS
+    with torch.no_grad():
+        tokens, rope = model.vix.embeddings(pixels(1, 32, 64))
+    assert tokens.shape == (1, 8 * 16, HIDDEN)  # an 8 x 16 grid, no cls token
+    assert all(table.shape == (8 * 16, head_dim) for table in rope)
     generator = torch.Generator().manual_seed(0)
     query = torch.randn(head_dim, generator=generator).expand(1, 1, 8 * 16, head_dim)
     key = torch.randn(head_dim, generator=generator).expand(1, 1, 8 * 16, head_dim)
