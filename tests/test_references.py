@@ -6,6 +6,9 @@
 - linformer mixer    vs the `linformer` package's LinformerSelfAttention
 plus quality checks against exact softmax attention (Nystrom with m = N, FAVOR+ with many features,
 uneven landmark segments vs zero padding) and internal consistency (eager vs sdpa, attention maps).
+
+Mixers are built as the model builds them, `mixer_class(config, MixerShape)`; `config._attn_implementation` picks
+the fused path ("sdpa", no maps) or the eager one that materialises the attention map.
 """
 
 import math
@@ -23,7 +26,15 @@ from modeling_vix.mixers_vix import (
     eager_attention_forward,
     segment_means,
 )
+from modeling_vix.modeling_vix import vit_mixer_shape
 from conftest import tiny_config
+
+
+def build_mixer(mixer_class, config, attn_implementation="sdpa"):
+    """A mixer as a ViT layer builds it (config + MixerShape). `config._attn_implementation` picks its path:
+    "sdpa" (the models' default) is the fused one without maps, "eager" materialises the attention map."""
+    config._attn_implementation = attn_implementation
+    return mixer_class(config, vit_mixer_shape(config))
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -143,7 +154,7 @@ def nystrom_pair(hidden, heads, landmarks, iterations=6, conv_kernel=33, **vix_o
         nystrom_num_landmarks=landmarks, nystrom_pinv_iterations=iterations,
         nystrom_residual_conv_kernel=conv_kernel, **vix_options,
     )
-    mixer = NystromAttention(config).eval()
+    mixer = build_mixer(NystromAttention, config).eval()
     with torch.no_grad():
         q, k, v = reference.to_qkv.weight.chunk(3, dim=0)
         mixer.q_proj.weight.copy_(q)
@@ -177,10 +188,11 @@ def test_nystrom_mixer_matches_nystrom_attention_package(case):
     reference, mixer = nystrom_pair(hidden, heads, landmarks, conv_kernel=kernel, **options)
     hidden_states = torch.randn(batch, tokens, hidden)
     expected = reference(hidden_states)
-    actual, weights = mixer(hidden_states)
+    actual, weights = mixer(hidden_states)  # the fused (sdpa) path
     assert weights is None
     assert_close(actual, expected, 1e-5, f"nystrom {case}")
-    # the map path (output_attentions) computes the same output as the fused sdpa path
+    # the map path (eager) computes the same output as the fused path
+    mixer.config._attn_implementation = "eager"
     with_map, weights = mixer(hidden_states, output_attentions=True)
     assert weights.shape == (batch, heads, tokens, tokens)
     assert_close(with_map, expected, 1e-5, f"nystrom {case}, output_attentions path")
@@ -208,7 +220,8 @@ def test_nystrom_per_head_scale_makes_samples_independent_of_batch():
 
 
 def softmax_twin(nystrom: NystromAttention, config: VixConfig) -> SoftmaxAttention:
-    exact = SoftmaxAttention(config).eval()
+    """Exact softmax attention with the Nystrom mixer's q/k/v/o weights (and its config, so the same path)."""
+    exact = SoftmaxAttention(config, vit_mixer_shape(config)).eval()
     exact.load_state_dict(
         {k: v for k, v in nystrom.state_dict().items() if not k.startswith("residual_conv")}, strict=True
     )
@@ -221,7 +234,7 @@ def test_nystrom_with_all_tokens_as_landmarks_is_exact_softmax():
         attention_type="nystrom", hidden_size=32, num_attention_heads=4, nystrom_num_landmarks=17,
         nystrom_pinv_iterations=30, nystrom_residual_conv_kernel=0,
     )
-    nystrom = NystromAttention(config).eval()
+    nystrom = build_mixer(NystromAttention, config, "eager").eval()  # eager: both mixers return their maps
     randomize_(nystrom, std=0.15)
     assert nystrom.residual_conv is None
     exact = softmax_twin(nystrom, config)
@@ -261,7 +274,7 @@ def test_nystrom_uneven_segments_beat_zero_padding(cifar_pixels):
                 attention_type="nystrom", nystrom_num_landmarks=8, nystrom_pinv_iterations=6,
                 nystrom_residual_conv_kernel=0, nystrom_padding=padding,
             )
-            nystrom = NystromAttention(config).eval()
+            nystrom = build_mixer(NystromAttention, config).eval()
             randomize_(nystrom, std=0.15, seed=seed)
             exact = softmax_twin(nystrom, config)
             approx, expected = nystrom(hidden_states)[0], exact(hidden_states)[0]
@@ -311,7 +324,7 @@ def test_performer_mixer_matches_performer_pytorch(kernel):
     from performer_pytorch import FastAttention
 
     config = tiny_config(attention_type="performer", performer_kernel=kernel)
-    mixer = PerformerAttention(config).eval()
+    mixer = build_mixer(PerformerAttention, config).eval()
     randomize_(mixer, std=0.3)
     mixer.redraw_projection()
     assert mixer.projection_matrix.shape == (int(8 * math.log(8)), 8)  # default int(d ln d) features
@@ -326,9 +339,11 @@ def test_performer_mixer_matches_performer_pytorch(kernel):
     hidden_states = torch.randn(2, 65, 32)
     query, key, value = mixer.project_qkv(hidden_states, None)  # (B, H, N, D)
     expected = mixer.o_proj(reference(query, key, value).transpose(1, 2).flatten(2))
-    actual, _ = mixer(hidden_states)
+    actual, weights = mixer(hidden_states)  # the fused (sdpa) path: no map
+    assert weights is None
     assert_close(actual, expected, 1e-5, f"performer {kernel}")
-    # the attention map it returns is the same linear attention, written out
+    # the attention map the eager path returns is the same linear attention, written out
+    mixer.config._attn_implementation = "eager"
     with_map, weights = mixer(hidden_states, output_attentions=True)
     assert_close(with_map, expected, 1e-5, f"performer {kernel}, output_attentions path")
     assert_close(weights.sum(-1), torch.ones(2, 4, 65), 1e-5, f"performer {kernel} map rows sum")
@@ -341,7 +356,8 @@ def favor_map(mixer: PerformerAttention, query, key):
 
 
 def performer_with_features(num_features: int) -> PerformerAttention:
-    mixer = PerformerAttention(tiny_config(attention_type="performer", performer_num_features=num_features)).eval()
+    config = tiny_config(attention_type="performer", performer_num_features=num_features)
+    mixer = build_mixer(PerformerAttention, config).eval()
     mixer.redraw_projection()
     return mixer
 
@@ -371,10 +387,10 @@ def test_favor_plus_with_many_features_approximates_softmax():
 
     # the whole mixer against the softmax mixer with the same q/k/v/o weights
     config = tiny_config(attention_type="performer", performer_num_features=4096)
-    mixer = PerformerAttention(config).eval()
+    mixer = build_mixer(PerformerAttention, config).eval()
     randomize_(mixer, std=0.1)
     mixer.redraw_projection()
-    exact_mixer = SoftmaxAttention(config).eval()
+    exact_mixer = SoftmaxAttention(config, vit_mixer_shape(config)).eval()
     exact_mixer.load_state_dict({k: v for k, v in mixer.state_dict().items() if k != "projection_matrix"})
     hidden_states = nn.functional.layer_norm(torch.randn(2, 65, 32, generator=generator), (32,))
     exact_out, _ = exact_mixer(hidden_states)
@@ -409,7 +425,7 @@ def test_favor_plus_converges_with_more_features():
 @torch.no_grad()
 def test_performer_projection_rows_orthogonal_within_blocks():
     config = tiny_config(attention_type="performer", hidden_size=128, num_attention_heads=4)  # head dim 32
-    mixer = PerformerAttention(config)
+    mixer = build_mixer(PerformerAttention, config)
     mixer.redraw_projection()
     matrix = mixer.projection_matrix
     assert matrix.shape == (int(32 * math.log(32)), 32) == (110, 32)
@@ -447,7 +463,7 @@ def test_linformer_mixer_matches_linformer_package(variant):
         dim=32, seq_len=65, k=16, heads=4, dim_head=8, **package_options
     ).eval()
     randomize_(reference, std=0.15)
-    mixer = LinformerAttention(config).eval()
+    mixer = build_mixer(LinformerAttention, config).eval()
     mapping = {"to_q.weight": "q_proj.weight", "to_k.weight": "k_proj.weight", "to_v.weight": "v_proj.weight",
                "to_out.weight": "o_proj.weight", "to_out.bias": "o_proj.bias",
                "proj_k": "seq_proj_k", "proj_v": "seq_proj_v"}
@@ -457,9 +473,10 @@ def test_linformer_mixer_matches_linformer_package(variant):
 
     hidden_states = torch.randn(3, 65, 32)
     expected = reference(hidden_states)
-    actual, weights = mixer(hidden_states)
+    actual, weights = mixer(hidden_states)  # the fused (sdpa) path
     assert weights is None
     assert_close(actual, expected, 1e-5, f"linformer {variant}")
+    mixer.config._attn_implementation = "eager"
     with_map, weights = mixer(hidden_states, output_attentions=True)
     assert weights.shape == (3, 4, 65, 16)
     assert_close(with_map, expected, 1e-5, f"linformer {variant}, output_attentions path")
@@ -486,6 +503,7 @@ def test_softmax_model_eager_equals_sdpa(cifar_pixels):
 def test_softmax_attentions_are_row_stochastic(cifar_pixels):
     model = VixForImageClassification(tiny_config(attention_type="softmax")).eval()
     randomize_(model)
+    model.set_attn_implementation("eager")  # v5: only eager builds attention maps
     outputs = model(cifar_pixels[:4], output_attentions=True)
     assert len(outputs.attentions) == 2
     for weights in outputs.attentions:
@@ -498,6 +516,7 @@ def test_softmax_attentions_are_row_stochastic(cifar_pixels):
 @torch.no_grad()
 def test_linformer_model_attentions_shape(cifar_pixels):
     model = VixForImageClassification(tiny_config(attention_type="linformer", linformer_k=16)).eval()
+    model.set_attn_implementation("eager")
     outputs = model(cifar_pixels[:4], output_attentions=True)
     assert len(outputs.attentions) == 2
     for weights in outputs.attentions:
