@@ -10,9 +10,6 @@
 
 import contextlib
 import json
-import os
-import subprocess
-import sys
 import textwrap
 import warnings
 from pathlib import Path
@@ -28,7 +25,7 @@ from modeling_vix import (
     VixModel,
 )
 
-from conftest import tiny_config
+from conftest import run_without_package, tiny_config
 
 
 CIFAR10_LABELS = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -126,12 +123,10 @@ def test_save_pretrained_keeps_a_user_auto_map_entry(tmp_path):
 # Remote code: a fresh interpreter where `modeling_vix` cannot be imported
 # --------------------------------------------------------------------------------------------------
 
+# Run by conftest.run_without_package, which hides the package (sys.modules["modeling_vix"] = None) first.
 CHILD_SCRIPT = textwrap.dedent(
     """
-    import sys
-    sys.modules["modeling_vix"] = None  # hide the (editable-installed) package from this interpreter
-
-    import json, os
+    import json, os, sys
     spec = json.loads(sys.argv[1])
     report = {"hidden": False, "hf_home": os.environ.get("HF_HOME"), "offline": os.environ.get("HF_HUB_OFFLINE")}
     try:
@@ -198,13 +193,7 @@ def remote_run(saved, cifar_images, cifar_pixels, tmp_path_factory):
         "outputs": str(work / "outputs.pt"),
         "report": str(work / "report.json"),
     }
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
-    env.update(HF_HOME=str(work / "hf_home"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH="")
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD_SCRIPT, json.dumps(spec)],
-        cwd=work, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, f"child failed:\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-8000:]}"
+    run_without_package(CHILD_SCRIPT, [json.dumps(spec)], work)
     report = json.loads(Path(spec["report"]).read_text())
     outputs = torch.load(spec["outputs"], weights_only=True)
     return report, outputs, work
@@ -402,8 +391,15 @@ def _bf16_logits(folder, pixels, onednn=True):
 
     model = AutoModelForImageClassification.from_pretrained(folder, dtype=torch.bfloat16).eval()
     assert model.dtype == torch.bfloat16
-    floating = [t for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point()]
-    assert all(t.dtype == torch.bfloat16 for t in floating)  # the performer's projection buffer included
+    floating = {name: t for name, t in list(model.named_parameters()) + list(model.named_buffers())
+                if t.is_floating_point()}
+    # Every weight and saved buffer is bf16 (the performer's projection included). RoPE's frequencies stay fp32, as
+    # in transformers' rotary embeddings: in bf16 (8 mantissa bits) the angle of position 1024 would be off by
+    # several radians. They are a function of the config, refilled after the meta-device load.
+    rope = {name: t for name, t in floating.items() if name.endswith("rotary_embeddings.inv_freq")}
+    assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in rope.values())
+    assert all(t.dtype == torch.bfloat16 for name, t in floating.items() if name not in rope), {
+        name: t.dtype for name, t in floating.items() if name not in rope}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")  # from mkldnn.flags
         with contextlib.nullcontext() if onednn else torch.backends.mkldnn.flags(enabled=False):
