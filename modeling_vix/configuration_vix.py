@@ -111,9 +111,9 @@ class VixMixerConfig(PreTrainedConfig):
     hidden_act: HiddenAct = "gelu"
     hidden_dropout_prob: float | int = 0.0
     attention_probs_dropout_prob: float | int = 0.0
-    layer_norm_eps: float = 1e-5
+    layer_norm_eps: float | int = 1e-5
     qkv_bias: bool = False
-    initializer_range: float = 0.02
+    initializer_range: float | int = 0.02
     rope_theta: float | int = 10000.0
 
     nystrom_num_landmarks: int = 64
@@ -135,6 +135,9 @@ class VixMixerConfig(PreTrainedConfig):
     mixer_token_expansion: float | int = 1.0
 
     def __post_init__(self, **kwargs):
+        # The base config turns num_labels into an id2label of range(num_labels), which is empty for -1: check first.
+        if isinstance(kwargs.get("num_labels"), int) and kwargs["num_labels"] < 0:
+            raise ValueError(f"num_labels must be at least 0 (0 = no classifier, features out); got {kwargs['num_labels']}.")
         super().__post_init__(**kwargs)
         # Construction raises the checks' own ValueError; strict's `validate()` (run next, and at save time)
         # would wrap it in its StrictDataclassClassValidationError, which is not a ValueError.

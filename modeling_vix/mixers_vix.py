@@ -103,9 +103,11 @@ class VixTokenMixer(nn.Module):
         return self.config._attn_implementation in (None, "eager")
 
     def warn_if_maps_unavailable(self, kwargs) -> None:
-        if not kwargs.get("output_attentions") or self.materialize_attention_maps:
+        if not kwargs.get("output_attentions"):
             return
         if self.capabilities.returns_attention_weights:
+            if self.materialize_attention_maps:
+                return
             logger.warning_once(
                 f"attention_type={self.config.attention_type!r} with attn_implementation="
                 f"{self.config._attn_implementation!r} does not build attention maps, so none are returned; load or "

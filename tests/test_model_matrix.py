@@ -299,17 +299,9 @@ def test_softmax_eager_maps_equal_independent_maps_and_sdpa_warns(position):
         torch.testing.assert_close(attention_map, expected, rtol=1e-4, atol=1e-6)
 
 
-MAPLESS_EAGER_NO_WARNING = (
-    "modeling_vix bug: VixTokenMixer.warn_if_maps_unavailable returns early whenever the eager path is on "
-    "(`or self.materialize_attention_maps`), so FNet / MLP-Mixer under attn_implementation='eager' return no maps "
-    "without the warning that they have none"
-)
-
 
 @pytest.mark.parametrize("attention", MAPLESS_MIXERS)
-@pytest.mark.parametrize("attn_implementation", [
-    "sdpa", pytest.param("eager", marks=pytest.mark.xfail(strict=True, reason=MAPLESS_EAGER_NO_WARNING)),
-])
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
 def test_output_attentions_warns_for_mapless_mixers(attention, attn_implementation):
     """FNet and MLP-Mixer have no attention map in any mode: output_attentions gives an empty tuple and a warning
     that says why (no error: a generic caller may ask every model for maps)."""
