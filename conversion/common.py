@@ -28,9 +28,14 @@ from huggingface_hub.errors import StrictDataclassError
 from torch import nn
 from transformers import HfArgumentParser
 
-from model_cards.card import CONVERSION_RECORD, write_model_card
 from modeling_vix import VixConfig, VixForImageClassification, VixImageProcessor
 from modeling_vix.embeddings_vix import resample_position_grid
+
+
+if __package__.startswith("vix."):  # installed: vix.conversion, whose sibling is vix.model_cards
+    from ..model_cards.card import CONVERSION_RECORD, write_model_card
+else:  # the checkout's top-level packages (a try/except ImportError would hide e.g. a missing jinja2)
+    from model_cards.card import CONVERSION_RECORD, write_model_card
 
 
 class ConversionError(ValueError):
@@ -273,7 +278,11 @@ def square_side(count: int, what: str) -> int:
 # Parity on real images
 # --------------------------------------------------------------------------------------------------------
 
-DEFAULT_CIFAR10 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "plain_text" / "test-00000-of-00001.parquet"
+# The offline CIFAR-10 copy beside the repository checkout (../shared); None when installed (no setup.cfg beside
+# the package folder).
+_PARENT = Path(__file__).resolve().parents[1]
+DEFAULT_CIFAR10 = (_PARENT.parent / "shared" / "data" / "cifar10" / "plain_text" / "test-00000-of-00001.parquet"
+                   if (_PARENT / "setup.cfg").is_file() else None)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
 
@@ -320,7 +329,7 @@ def default_images(limit: int):
     """(images, description) when no --images are given: CIFAR-10 test images from the offline copy when it
     exists; else scikit-learn's digits, which install with the package's train/test extras, so parity is
     measured on real images on any machine; (None, reason) when neither is available."""
-    if DEFAULT_CIFAR10.exists():
+    if DEFAULT_CIFAR10 is not None and DEFAULT_CIFAR10.exists():
         images = parquet_images(DEFAULT_CIFAR10, limit)
         return images, f"{len(images)} real images (CIFAR-10 test split, {DEFAULT_CIFAR10.name})"
     try:

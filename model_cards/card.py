@@ -46,7 +46,10 @@ CITATION = """@inproceedings{jeevan2022vix,
   booktitle = {IEEE/CVF Winter Conference on Applications of Computer Vision (WACV)},
   year      = {2022}
 }"""
-REPO_ROOT = Path(__file__).resolve().parents[1]
+# Run folders in a results.json and local dataset names in a recipe are relative to the repository checkout this file
+# runs from; installed (site-packages/vix/model_cards: no setup.cfg beside it), to the current folder.
+_PARENT = Path(__file__).resolve().parents[1]
+REPO_ROOT = _PARENT if (_PARENT / "setup.cfg").is_file() else Path.cwd()
 PINNED_REVISION = re.compile(r'revision="([0-9a-f]{40})"')
 
 

@@ -196,6 +196,18 @@ def test_base_is_relative_to_the_recipe_merged_shallowly_and_chains(tmp_path):
         resolve_recipe(tmp_path / "missing.yaml")
 
 
+def test_a_relative_recipe_path_that_names_no_file_is_a_shipped_recipe(tmp_path, monkeypatch):
+    from training.train import read_recipe
+
+    monkeypatch.chdir(tmp_path)
+    assert read_recipe("cpu/cifar10_ccn.yaml") == resolve_recipe(RECIPES / "cpu" / "cifar10_ccn.yaml")
+    (tmp_path / "cpu").mkdir()
+    write_recipe(tmp_path / "cpu" / "cifar10_ccn.yaml", {"seed": 3})  # a local file of that name wins
+    assert read_recipe("cpu/cifar10_ccn.yaml") == {"seed": 3}
+    with pytest.raises(UsageError, match="shipped recipes are in"):
+        read_recipe("cpu/no_such_recipe.yaml")
+
+
 def test_a_run_records_the_fully_resolved_recipe(tmp_path):
     cpu = ["--use_cpu", "true"]
     settings = parse_args([str(RECIPES / "cpu" / "cifar10_hybrid_vit.yaml"), *cpu])

@@ -6,6 +6,9 @@ appended). A base may have a base. So a family of recipes (training/recipes/cpu/
 protocol in one file (training/recipes/bases/) and each variant holds only what makes it that variant.
 
 What a run writes (`final/recipe.yaml`) is always the resolved mapping, with no `base` key: it re-runs alone.
+
+The recipes ship with the package: a recipe path that names no existing file is looked up in the shipped recipes
+folder (`find_recipe`), so an installed `vix-train cpu/cifar10_ccn.yaml` runs training/recipes/cpu/cifar10_ccn.yaml.
 """
 
 import json
@@ -18,6 +21,15 @@ from .errors import UsageError
 
 RECIPE_SUFFIXES = (".yaml", ".yml", ".json")
 BASE_KEY = "base"
+SHIPPED_RECIPES = Path(__file__).resolve().parent / "recipes"  # training/recipes, or site-packages/vix/training/recipes
+
+
+def find_recipe(path) -> Path:
+    """`path` when it is a file; else, for a relative path, the shipped recipe of that name when there is one."""
+    path = Path(path)
+    if not path.is_file() and not path.is_absolute() and (SHIPPED_RECIPES / path).is_file():
+        return SHIPPED_RECIPES / path
+    return path
 
 
 def load_mapping(path: Path) -> dict:
@@ -35,7 +47,8 @@ def resolve_recipe(path, _chain=()) -> dict:
     if path in _chain:
         raise UsageError(f"Recipe {path} is its own base (through {' -> '.join(p.name for p in _chain)}).")
     if not path.is_file():
-        raise UsageError(f"Recipe file {path} does not exist.")
+        shipped = "" if _chain else f" (the shipped recipes are in {SHIPPED_RECIPES})"
+        raise UsageError(f"Recipe file {path} does not exist{shipped}.")
     recipe = load_mapping(path)
     base = recipe.pop(BASE_KEY, None)
     if base is None:

@@ -20,8 +20,14 @@ import sys
 import time
 from pathlib import Path
 
+from .recipe_files import find_recipe
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Recipe and run paths in results.json are relative to the repository checkout this file runs from; installed
+# (site-packages/vix/training: no setup.cfg beside it) there is no checkout, and they are relative to the current
+# folder.
+_PARENT = Path(__file__).resolve().parents[1]
+REPO_ROOT = _PARENT if (_PARENT / "setup.cfg").is_file() else Path.cwd()
 
 
 COLUMNS = (
@@ -45,17 +51,21 @@ def repo_relative(path: Path) -> Path:
 
 
 def run_recipe(recipe: Path, run_dir: Path, extra_args, skip_existing: bool) -> dict:
-    recipe, run_dir = repo_relative(recipe), repo_relative(run_dir)
+    recipe, run_dir = repo_relative(find_recipe(recipe)), repo_relative(run_dir)
     metrics_path = REPO_ROOT / run_dir / "final" / "metrics.json"
     if not (skip_existing and metrics_path.exists()):
-        command = [sys.executable, "-m", "training.train", str(recipe), "--output_dir", str(run_dir), *extra_args]
+        job = f"{__package__}.train"  # training.train in the checkout, vix.training.train installed
+        command = [sys.executable, "-m", job, str(recipe), "--output_dir", str(run_dir), *extra_args]
         print("running:", " ".join(command), flush=True)
         start = time.time()
         subprocess.run(command, check=True, cwd=REPO_ROOT)
         print(f"finished {recipe.name} in {time.time() - start:.0f} s", flush=True)
     metrics = json.loads(metrics_path.read_text())
     config = json.loads((REPO_ROOT / run_dir / "final" / "config.json").read_text())
-    from model_cards.card import variant_name
+    if __package__.startswith("vix."):  # installed: vix.training, whose sibling is vix.model_cards
+        from ..model_cards.card import variant_name
+    else:  # the checkout's top-level packages (a try/except ImportError would hide e.g. a missing jinja2)
+        from model_cards.card import variant_name
 
     return {"recipe": recipe.stem, "recipe_path": str(recipe), "variant": variant_name(config), "run_dir": str(run_dir),
             **metrics}

@@ -8,6 +8,7 @@
         --ignore_mismatched_sizes true --output_dir outputs/vix-images   # fine-tune on a new label set
     torchrun --nproc_per_node 2 -m training.train ...          # DDP (gloo on CPU, nccl on GPU)
     accelerate launch --multi_gpu --num_processes 2 -m training.train ... --use_cpu true   # the same via accelerate
+    vix-train cpu/cifar10_ccn.yaml     # installed (pip install vix): the console script; shipped recipes by name
 
 Arguments come in three layers: the job's defaults (`TRAINING_DEFAULTS` for the `TrainingArguments` that
 differ from transformers' own, `model_flags.QUICK_START` for the model), then a recipe file, then
@@ -62,7 +63,7 @@ from .model_flags import (
     override_values,
     resolve_model_settings,
 )
-from .recipe_files import RECIPE_SUFFIXES, resolve_recipe, write_recipe
+from .recipe_files import RECIPE_SUFFIXES, find_recipe, resolve_recipe, write_recipe
 from .runs import RunTotals, check_launch, prepare_output_dir
 
 
@@ -145,9 +146,10 @@ def make_parser() -> HfArgumentParser:
 def read_recipe(path) -> dict:
     """A recipe file (YAML or JSON, with its `base` merged in) as a dict of argument -> value; unknown keys raise.
 
+    A relative path that names no file is looked up in the shipped recipes (`cpu/cifar10_ccn.yaml`).
     Values are checked and converted by HfArgumentParser when `parse_args` layers them under the flags.
     """
-    recipe = resolve_recipe(path)
+    recipe = resolve_recipe(find_recipe(path))
     known = {f.name for dataclass_type in make_parser().dataclass_types for f in fields(dataclass_type) if f.init}
     unknown = sorted(set(recipe) - known)
     if unknown:
@@ -318,6 +320,12 @@ def main(argv=None, callbacks=None):
         raise SystemExit(2) from None
 
 
+def cli() -> None:
+    """The `vix-train` console script. Not `main`: it returns the metrics, which the script's `sys.exit(main())`
+    would print to stderr as an error, with exit status 1."""
+    main()
+
+
 def run(argv=None, callbacks=None):
     check_launch()
     settings = parse_args(argv)
@@ -375,7 +383,10 @@ def run(argv=None, callbacks=None):
         "skipped_images": data_info["skipped_images"],
     })
     if trainer.is_world_process_zero():
-        from model_cards import write_model_card
+        if __package__.startswith("vix."):  # installed: vix.training, whose sibling is vix.model_cards
+            from ..model_cards import write_model_card
+        else:  # the checkout's top-level packages (a try/except ImportError would hide e.g. a missing jinja2)
+            from model_cards import write_model_card
 
         recipe = recipe_dict(settings)
         write_recipe(final_dir / "recipe.yaml", recipe)
