@@ -137,7 +137,9 @@ class VixMixerConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         # The base config turns num_labels into an id2label of range(num_labels), which is empty for -1: check first.
         if isinstance(kwargs.get("num_labels"), int) and kwargs["num_labels"] < 0:
-            raise ValueError(f"num_labels must be at least 0 (0 = no classifier, features out); got {kwargs['num_labels']}.")
+            raise ValueError(
+                f"num_labels must be at least 0 (0 = no classifier, features out); got {kwargs['num_labels']}."
+            )
         super().__post_init__(**kwargs)
         # Construction raises the checks' own ValueError; strict's `validate()` (run next, and at save time)
         # would wrap it in its StrictDataclassClassValidationError, which is not a ValueError.
@@ -187,7 +189,9 @@ class VixMixerConfig(PreTrainedConfig):
         for head_dim in head_dims:
             if head_dim % multiple:
                 pairs = "pairs of channels" if multiple == 2 else "channel pairs along rows and columns"
-                raise ValueError(f"{position_embedding_type} rotates {pairs}: the head dim ({head_dim}) must be {what}.")
+                raise ValueError(
+                    f"{position_embedding_type} rotates {pairs}: the head dim ({head_dim}) must be {what}."
+                )
 
 
 @strict
@@ -300,13 +304,17 @@ class VixConfig(VixMixerConfig):
             )
         if self.head_dim is None and self.hidden_size % self.num_attention_heads:
             raise ValueError(
-                f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads ({self.num_attention_heads}), "
-                "or set head_dim explicitly."
+                f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads "
+                f"({self.num_attention_heads}), or set head_dim explicitly."
             )
         if self.use_distillation_token and self.pooling != "cls":
-            raise ValueError("use_distillation_token (DeiT) needs pooling='cls': the distillation token sits after cls.")
+            raise ValueError(
+                "use_distillation_token (DeiT) needs pooling='cls': the distillation token sits after cls."
+            )
         if self.use_distillation_head and not self.use_distillation_token:
-            raise ValueError("use_distillation_head classifies from the distillation token: set use_distillation_token=True.")
+            raise ValueError(
+                "use_distillation_head classifies from the distillation token: set use_distillation_token=True."
+            )
         if self.patch_embedding_norm and self.embedding_type != "linear":
             raise ValueError("patch_embedding_norm applies to the linear patch embedding; use embedding_type='linear'.")
         if any(channels < 1 for channels in self.conv_stem_channels):

@@ -94,8 +94,11 @@ class VixCctConfig(VixMixerConfig):
             height, width = (conv_output_size(size, self.tokenizer_kernel_size, stride, self.tokenizer_padding)
                              for size in (height, width))
             if self.tokenizer_max_pool:
-                height, width = (conv_output_size(size, self.tokenizer_pooling_kernel_size, self.tokenizer_pooling_stride,
-                                                  self.tokenizer_pooling_padding) for size in (height, width))
+                height, width = (
+                    conv_output_size(size, self.tokenizer_pooling_kernel_size, self.tokenizer_pooling_stride,
+                                     self.tokenizer_pooling_padding)
+                    for size in (height, width)
+                )
         return height, width
 
     @property
@@ -124,7 +127,8 @@ class VixCctConfig(VixMixerConfig):
             )
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
-                f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads ({self.num_attention_heads})."
+                f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads "
+                f"({self.num_attention_heads})."
             )
         if min(self.grid_size) < 1:
             raise ValueError(

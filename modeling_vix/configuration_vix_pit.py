@@ -76,7 +76,8 @@ class VixPitConfig(VixMixerConfig):
 
     @property
     def stage_head_dims(self) -> list[int]:
-        return [self.head_dim or width // heads for width, heads in zip(self.hidden_sizes, self.num_attention_heads)]
+        return [self.head_dim or width // heads
+                for width, heads in zip(self.hidden_sizes, self.num_attention_heads, strict=True)]
 
     @property
     def stage_intermediate_sizes(self) -> list[int]:
@@ -122,12 +123,12 @@ class VixPitConfig(VixMixerConfig):
             raise ValueError(f"The per-stage lists must have one entry per stage; got lengths {lengths}.")
         if min(self.image_size_hw) < self.patch_size:
             raise ValueError(f"image_size {self.image_size} is smaller than patch_size {self.patch_size}.")
-        for stage, (width, heads) in enumerate(zip(self.hidden_sizes, self.num_attention_heads)):
+        for stage, (width, heads) in enumerate(zip(self.hidden_sizes, self.num_attention_heads, strict=True)):
             if self.head_dim is None and width % heads:
                 raise ValueError(
                     f"Stage {stage}: hidden size {width} must be a multiple of its {heads} heads, or set head_dim."
                 )
-        for stage, (width, next_width) in enumerate(zip(self.hidden_sizes, self.hidden_sizes[1:])):
+        for stage, (width, next_width) in enumerate(zip(self.hidden_sizes, self.hidden_sizes[1:], strict=False)):
             if next_width % width:
                 raise ValueError(
                     f"The pooling after stage {stage} is a depthwise conv from {width} to {next_width} channels, so "

@@ -71,7 +71,7 @@ class VixConvStemEmbeddings(nn.Module):
         channels = [config.num_channels, *config.conv_stem_channels, config.hidden_size]
         pooled = config.conv_stem_downsampling == "max_pool"
         layers = []
-        for index, (c_in, c_out) in enumerate(zip(channels, channels[1:])):
+        for index, (c_in, c_out) in enumerate(zip(channels, channels[1:], strict=False)):
             is_last = index == len(channels) - 2
             if is_last and not pooled:
                 kernel = max(3, p)
@@ -189,7 +189,8 @@ class VixEmbeddings(nn.Module):
         if height % self.patch_size or width % self.patch_size:
             raise ValueError(
                 f"Image size {height}x{width} is not divisible by the patch size {self.patch_size}. "
-                f"Resize images to a multiple of {self.patch_size}, e.g. the model's {self.image_size[0]}x{self.image_size[1]}."
+                f"Resize images to a multiple of {self.patch_size}, e.g. the model's "
+                f"{self.image_size[0]}x{self.image_size[1]}."
             )
         same_size = (height, width) == tuple(self.image_size)
         if self.position_embeddings is not None and not same_size and not interpolate_pos_encoding:

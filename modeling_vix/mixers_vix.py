@@ -85,7 +85,10 @@ class VixTokenMixer(nn.Module):
         self.shape = shape
 
     def forward(
-        self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None, **kwargs
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise NotImplementedError
 
@@ -311,11 +314,14 @@ class LinformerAttention(VixQKVMixer):
     def __init__(self, config, shape: MixerShape):
         self.values_from_keys = config.linformer_values_from_keys
         super().__init__(
-            config, shape, kv_heads=1 if config.linformer_one_kv_head else None, value_projection=not self.values_from_keys
+            config, shape, kv_heads=1 if config.linformer_one_kv_head else None,
+            value_projection=not self.values_from_keys,
         )
         self.seq_len = shape.num_tokens
         self.seq_proj_k = nn.Parameter(torch.empty(self.seq_len, config.linformer_k))
-        self.seq_proj_v = None if config.linformer_share_kv else nn.Parameter(torch.empty(self.seq_len, config.linformer_k))
+        self.seq_proj_v = (
+            None if config.linformer_share_kv else nn.Parameter(torch.empty(self.seq_len, config.linformer_k))
+        )
 
     def init_weights(self) -> None:
         # The Linformer paper's init of E / F: uniform(+-1/sqrt(k)), so k projected tokens keep unit scale.

@@ -84,7 +84,9 @@ class VixLayer(GradientCheckpointingLayer):
     def forward(
         self, hidden_states: torch.Tensor, position_embeddings=None, **kwargs: Unpack[TransformersKwargs]
     ) -> torch.Tensor:
-        mixed, _ = self.attention(self.layernorm_before(hidden_states), position_embeddings=position_embeddings, **kwargs)
+        mixed, _ = self.attention(
+            self.layernorm_before(hidden_states), position_embeddings=position_embeddings, **kwargs
+        )
         hidden_states = hidden_states + self.drop_path(self.dropout(mixed))
         if self.normalize_stream_before_mlp:
             hidden_states = self.layernorm_after(hidden_states)

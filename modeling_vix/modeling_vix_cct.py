@@ -53,7 +53,7 @@ class VixCctTokenizer(nn.Module):
         channels += [config.tokenizer_hidden_channels] * (config.tokenizer_num_layers - 1) + [config.hidden_size]
         self.layers = nn.ModuleList(
             [VixCctTokenizerLayer(config, c_in, c_out, stride)
-             for c_in, c_out, stride in zip(channels, channels[1:], config.tokenizer_strides)]
+             for c_in, c_out, stride in zip(channels, channels[1:], config.tokenizer_strides, strict=False)]
         )
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -136,7 +136,7 @@ class VixPitModel(VixPitPreTrainedModel):
         starts = [sum(config.depths[:stage]) for stage in range(config.num_stages)]
         self.stages = nn.ModuleList(
             [VixPitStage(config, stage, rates[start : start + depth])
-             for stage, (start, depth) in enumerate(zip(starts, config.depths))]
+             for stage, (start, depth) in enumerate(zip(starts, config.depths, strict=True))]
         )
         self.layernorm = nn.LayerNorm(config.hidden_sizes[-1], eps=config.layer_norm_eps)
         self.post_init()
