@@ -1,12 +1,13 @@
 """bf16 autocast against fp32 over a few hundred training steps, for every mixer (issue 6's precision target).
 
-    python -m benchmarks.bf16_training                     # 200 steps per run, writes benchmarks/results/bf16_training.md
+    python -m benchmarks.bf16_training        # 200 steps per run, writes benchmarks/results/bf16_training.md
     python -m benchmarks.bf16_training --steps 100 --mixers nystrom performer
 
 Each mixer trains the main job's small model (`python -m training.train` defaults: the bundled digits, patch 4,
-hidden 64; linear patch embedding) twice through the same Trainer entry point, in fp32 and with bf16 autocast, with the same seed and so
-the same initial weights and data order. From the logged training losses it reports whether any loss or
-gradient norm was NaN/inf, how far the bf16 loss curve strays from the fp32 one, and both test accuracies.
+hidden 64; linear patch embedding) twice through the same Trainer entry point, in fp32 and with bf16 autocast,
+with the same seed and so the same initial weights and data order. From the logged training losses it reports
+whether any loss or gradient norm was NaN/inf, how far the bf16 loss curve strays from the fp32 one, and both
+test accuracies.
 """
 
 import argparse
@@ -102,7 +103,8 @@ def main(argv=None):
     rows, curves = {}, {}
     with tempfile.TemporaryDirectory() as scratch:
         for mixer in args.mixers:
-            runs = {bf16: train_once(mixer, bf16, args.steps, Path(scratch) / f"{mixer}-{bf16}") for bf16 in (False, True)}
+            runs = {bf16: train_once(mixer, bf16, args.steps, Path(scratch) / f"{mixer}-{bf16}")
+                    for bf16 in (False, True)}
             rows[mixer] = compare(runs[False], runs[True])
             curves[mixer] = {"fp32": runs[False]["losses"], "bf16": runs[True]["losses"]}
             print(mixer, rows[mixer], flush=True)

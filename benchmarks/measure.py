@@ -79,7 +79,10 @@ def measure(args: MeasureArguments) -> dict:
     flops = count_train_flops(model, pixels, labels)
     train_model = torch.compile(model) if args.compile else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16) if args.dtype == "bf16" else nullcontext()
+    if args.dtype == "bf16":
+        autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
+    else:
+        autocast = nullcontext()
 
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -98,7 +101,8 @@ def measure(args: MeasureArguments) -> dict:
             step_times.append(time.perf_counter() - start)
         losses.append(loss.item())
     result = {
-        "model": args.model, "tokens": getattr(model, "num_tokens", None) or size.num_tokens, "batch_size": args.batch_size, "dtype": args.dtype,
+        "model": args.model, "tokens": getattr(model, "num_tokens", None) or size.num_tokens,
+        "batch_size": args.batch_size, "dtype": args.dtype,
         "parameters": parameters, "train_flops": flops, "step_time_s": statistics.median(step_times),
         "step_times_s": step_times, "finite_loss": all(map(lambda x: x == x and abs(x) != float("inf"), losses)),
     }

@@ -154,7 +154,8 @@ BUILDERS = {
     ),
     "hf-vit-sdpa": lambda size: build_hf_vit(size, "sdpa"),
     "hf-vit-eager": lambda size: build_hf_vit(size, "eager"),
-    **{f"authors-{name}": (lambda size, name=name: build_authors(size, name)) for name in ("ViN", "ViL", "ViP", "FNet")},
+    **{f"authors-{name}": (lambda size, name=name: build_authors(size, name))
+       for name in ("ViN", "ViL", "ViP", "FNet")},
 }
 
 BACKBONE_BUILDERS = {

@@ -142,7 +142,8 @@ CATEGORIES = (
     "framework (Python, autograd, ranges)",
     "other aten ops",
 )
-GEMM, CONV, ATTENTION, FFT, ACTIVATION, LAYER_NORM, ELEMENTWISE, COPY, REDUCTION, OPTIMIZER, FRAMEWORK, OTHER = CATEGORIES
+(GEMM, CONV, ATTENTION, FFT, ACTIVATION, LAYER_NORM, ELEMENTWISE, COPY, REDUCTION, OPTIMIZER, FRAMEWORK,
+ OTHER) = CATEGORIES
 
 GEMM_OPS = {"mm", "bmm", "addmm", "baddbmm", "addbmm", "matmul", "linear", "einsum", "dot", "mv", "addmv",
             "_addmm_activation"}
@@ -195,7 +196,9 @@ MIXER_CORE, PINV, MIXER_PROJECTIONS, REST = "mixer core", "mixer core: pinv", "m
 MARKED = (MIXER_CORE, PINV, MIXER_PROJECTIONS)  # the ranges put around forwards
 CORE_PARTS = (MIXER_CORE, PINV)  # what a different mixer could remove
 PARTS = (MIXER_CORE, PINV, MIXER_PROJECTIONS, REST, "optimizer")
-REGIONS = tuple(f"{part}; {phase}" for part in PARTS[:4] for phase in ("forward", "backward")) + ("optimizer", "outside")
+REGIONS = tuple(f"{part}; {phase}" for part in PARTS[:4] for phase in ("forward", "backward")) + (
+    "optimizer", "outside"
+)
 BACKWARD_NODE = "autograd::engine::evaluate_function: "
 
 

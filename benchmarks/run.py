@@ -52,7 +52,8 @@ class RunArguments:
 
 
 def describe_machine(device: str) -> dict:
-    machine = {"cpu": cpu_model_name(), "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
+    machine = {"cpu": cpu_model_name(), "cores": os.cpu_count(), "torch": torch.__version__,
+               "python": platform.python_version()}
     if device.startswith("cuda") and torch.cuda.is_available():
         machine["gpu"] = torch.cuda.get_device_name(0)
     return machine
@@ -152,18 +153,20 @@ def backbone_markdown(report: dict) -> list[str]:
         "2 layers each, heads of 32, MLP 256. Ratios below 1: cheaper than the softmax version / the vit-pytorch "
         "peer. Memory is the measuring process's peak RSS above its start-up (CPU).",
         "",
-        "| model | image | tokens | batch | params | train GFLOP | step (s) | peak MB | time / softmax | memory / softmax "
-        "| time / vit-pytorch | memory / vit-pytorch |",
+        "| model | image | tokens | batch | params | train GFLOP | step (s) | peak MB | time / softmax "
+        "| memory / softmax | time / vit-pytorch | memory / vit-pytorch |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def ratio(row, key):
+        return f"{row[key]:.2f}" if key in row else "-"
+
     for row in report["backbone_ratios"]:
-        def ratio(key):
-            return f"{row[key]:.2f}" if key in row else "-"
         lines.append(
             f"| {row['model']} | {row['image_size']} | {row['tokens']} | {row['batch_size']} | {row['parameters']:,} | "
             f"{row['train_gflops']:.2f} | {row['step_time_s']:.3f} | {row['peak_memory_mb']:.0f} | "
-            f"{ratio('time_vs_softmax')} | {ratio('memory_vs_softmax')} | {ratio('time_vs_peer')} | "
-            f"{ratio('memory_vs_peer')} |"
+            f"{ratio(row, 'time_vs_softmax')} | {ratio(row, 'memory_vs_softmax')} | {ratio(row, 'time_vs_peer')} | "
+            f"{ratio(row, 'memory_vs_peer')} |"
         )
     failures = [r for r in report["backbones"] if "error" in r]
     for r in failures:
@@ -199,9 +202,11 @@ def scaling_summary(scaling_results: list[dict]) -> dict:
         by_tokens = {r["tokens"]: r for r in rows}
         entry = {}
         if 1025 in by_tokens and 4097 in by_tokens:
-            entry["time_growth_1025_to_4097"] = by_tokens[4097]["step_time_per_sample_s"] / by_tokens[1025]["step_time_per_sample_s"]
-            entry["memory_growth_1025_to_4097"] = by_tokens[4097]["memory_per_sample_mb"] / by_tokens[1025]["memory_per_sample_mb"]
-        faster = [t for t, r in by_tokens.items() if t in softmax and r["step_time_per_sample_s"] < softmax[t]["step_time_per_sample_s"]]
+            small, large = by_tokens[1025], by_tokens[4097]
+            entry["time_growth_1025_to_4097"] = large["step_time_per_sample_s"] / small["step_time_per_sample_s"]
+            entry["memory_growth_1025_to_4097"] = large["memory_per_sample_mb"] / small["memory_per_sample_mb"]
+        faster = [t for t, r in by_tokens.items()
+                  if t in softmax and r["step_time_per_sample_s"] < softmax[t]["step_time_per_sample_s"]]
         entry["faster_than_softmax_from_tokens"] = min(faster) if faster and model != "vix-softmax" else None
         summary[model] = entry
     return summary
@@ -254,7 +259,8 @@ def speed_rows(report: dict) -> list[dict]:
         theirs = sweep["hf-vit-sdpa", 4097]["step_time_per_sample_s"]
         rows.append(target_row(
             "1b", "vix-nystrom >= 4x faster than hf-vit-sdpa at 4097 tokens", f"{theirs / mine:.2f}x",
-            theirs / mine >= 4, f"step/sample {1000 * mine:.1f} ms -> <= {250 * theirs:.1f} ms ({theirs / 4 / mine - 1:+.1%})",
+            theirs / mine >= 4,
+            f"step/sample {1000 * mine:.1f} ms -> <= {250 * theirs:.1f} ms ({theirs / 4 / mine - 1:+.1%})",
         ))
     return rows
 
@@ -273,7 +279,8 @@ def memory_rows(report: dict) -> list[dict]:
             mine, theirs = paper[model]["peak_memory_mb"], paper[peer]["peak_memory_mb"]
             allowed = theirs * maximum
             rows.append(target_row(
-                target, f"{model} peak memory <= {maximum:g}x {peer}", f"{mine / theirs:.2f}x", mine / theirs <= maximum,
+                target, f"{model} peak memory <= {maximum:g}x {peer}", f"{mine / theirs:.2f}x",
+                mine / theirs <= maximum,
                 f"peak {mine:.0f} MB -> <= {allowed:.0f} MB ({allowed / mine - 1:+.0%})",
             ))
     return rows
@@ -377,7 +384,8 @@ def targets_markdown(fp32: dict, bf16: dict | None, explanation: str | None) -> 
         "two runs, not one.",
     ]
     if explanation:
-        lines += ["", f"Why the missed ones are missed, from profiles of the train step: [{explanation}]({explanation})."]
+        lines += ["", "Why the missed ones are missed, from profiles of the train step: "
+                      f"[{explanation}]({explanation})."]
     return lines + [""]
 
 

@@ -176,7 +176,7 @@ def split(*templates: str, dim: int = 0) -> Handler:
                 f"{match.string}: size {tensor.shape[dim]} along dim {dim} does not split into {len(templates)} parts."
             )
         chunks = tensor.chunk(len(templates), dim=dim)
-        return {match.expand(template): chunk.clone() for template, chunk in zip(templates, chunks)}
+        return {match.expand(template): chunk.clone() for template, chunk in zip(templates, chunks, strict=True)}
 
     return handler
 
@@ -559,7 +559,7 @@ def run_cli(main: Callable[[], ConversionResult]) -> int:
 __all__ = [
     "ConversionError", "ConversionResult", "Rule", "rename", "split", "drop", "apply_rules", "load_strict",
     "load_state_dict_file", "clean_state_dict", "patch_linear_to_conv", "patch_vector_to_unfold_order",
-    "resample_position_embeddings", "load_images", "parity_pixels", "logit_parity", "check_against_source", "check_tolerance",
-    "check_output_dir", "make_processor", "conversion_record", "write_folder", "ConversionArguments", "make_parser",
-    "parse_arguments", "parse_config_overrides", "run_cli", "source_label", "digits_images",
+    "resample_position_embeddings", "load_images", "parity_pixels", "logit_parity", "check_against_source",
+    "check_tolerance", "check_output_dir", "make_processor", "conversion_record", "write_folder", "ConversionArguments",
+    "make_parser", "parse_arguments", "parse_config_overrides", "run_cli", "source_label", "digits_images",
 ]

@@ -47,9 +47,9 @@ from .common import (
     check_output_dir,
     check_tolerance,
     drop,
+    first_line,
     load_strict,
     logit_parity,
-    first_line,
     make_parser,
     make_processor,
     parity_pixels,
@@ -76,8 +76,9 @@ def load_source(source, revision=None):
     if not isinstance(source, (str, Path)):
         model_type = getattr(getattr(source, "config", None), "model_type", None)
         if model_type not in SUPPORTED_MODEL_TYPES:
-            raise ConversionError(f"Unsupported source architecture {type(source).__name__} (model_type {model_type!r}); "
-                                  "this converter takes transformers ViT and DeiT image classifiers.")
+            raise ConversionError(f"Unsupported source architecture {type(source).__name__} "
+                                  f"(model_type {model_type!r}); this converter takes transformers ViT and DeiT image "
+                                  "classifiers.")
         return source.eval(), None
     config = load_or_refuse(AutoConfig.from_pretrained, source, revision=revision)  # no trust_remote_code: no code runs
     if config.model_type not in SUPPORTED_MODEL_TYPES:
@@ -90,7 +91,8 @@ def load_source(source, revision=None):
     # below with its name) instead of as an error that points at a load report.
     model, info = load_or_refuse(model_class.from_pretrained, source, revision=revision, output_loading_info=True,
                                  ignore_mismatched_sizes=True)
-    problems = {name: info.get(name) for name in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(name)}
+    problems = {name: info.get(name) for name in ("missing_keys", "unexpected_keys", "mismatched_keys")
+                if info.get(name)}
     if problems:
         raise ConversionError(
             f"{source} does not load strictly into {type(model).__name__} (checkpoint architectures {architectures}): "
@@ -142,8 +144,8 @@ def vix_config(source_config, attention_type: str, image_size, options: dict, ke
                distillation_head: bool = False) -> VixConfig:
     if attention_type not in ATTENTION_TYPES:
         if attention_type in MIXERS:
-            raise ConversionError(f"attention_type={attention_type!r} has no queries, keys or values, so a ViT's attention "
-                                  f"weights cannot carry over; choose one of {', '.join(ATTENTION_TYPES)}.")
+            raise ConversionError(f"attention_type={attention_type!r} has no queries, keys or values, so a ViT's "
+                                  f"attention weights cannot carry over; choose one of {', '.join(ATTENTION_TYPES)}.")
         raise ConversionError(f"Unknown attention_type {attention_type!r}; choose one of {', '.join(ATTENTION_TYPES)}.")
     c = source_config
     settings = dict(
@@ -184,7 +186,8 @@ def rules(model_type: str, drop_distillation: bool, old_grid, new_grid) -> list[
                   Rule(r"distillation_classifier\.(weight|bias)", drop())]
     else:
         table.append(Rule(r"distillation_classifier\.(weight|bias)", rename(r"distillation_classifier.\1")))
-    table.append(Rule(prefix + r"\.((?:embeddings\.(?:cls_token|distillation_token|patch_embeddings\..*))|layers\..*|layernorm\..*)",
+    table.append(Rule(prefix + r"\.((?:embeddings\.(?:cls_token|distillation_token|patch_embeddings\..*))"
+                               r"|layers\..*|layernorm\..*)",
                       rename(r"vix.\1")))
     return table
 
@@ -215,7 +218,10 @@ def convert_transformers_vit(
     c = source_model.config
     model_type = c.model_type
     old_size = (c.image_size, c.image_size) if isinstance(c.image_size, int) else tuple(c.image_size)
-    new_size = old_size if image_size is None else ((image_size, image_size) if isinstance(image_size, int) else tuple(image_size))
+    if image_size is None:
+        new_size = old_size
+    else:
+        new_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     if new_size[0] % c.patch_size or new_size[1] % c.patch_size:
         raise ConversionError(f"image_size {new_size} is not divisible by the patch size {c.patch_size}.")
     old_grid = (old_size[0] // c.patch_size, old_size[1] // c.patch_size)
@@ -272,8 +278,8 @@ def convert_transformers_vit(
         result.notes.append(f"`{attention_type}` approximates the source's softmax attention: the weights carry over, "
                             "the logits move by the amount above; fine-tune before use.")
     if output_dir is not None:
-        write_folder(result, output_dir, source=source_name, base_model=hub_id, check_pixels=pixels, check_logits=logits,
-                     overwrite=overwrite)
+        write_folder(result, output_dir, source=source_name, base_model=hub_id, check_pixels=pixels,
+                     check_logits=logits, overwrite=overwrite)
     return result
 
 

@@ -160,8 +160,11 @@ def infer_settings(state: dict, arch: str, given: dict) -> dict:
         side = square_side(num_patches, "number of patches") * patch
         image_size = (side, side)
     image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    if (image_size[0] // patch) * (image_size[1] // patch) != num_patches or image_size[0] % patch or image_size[1] % patch:
-        raise ConversionError(f"image_size {image_size} with patch {patch} does not give the checkpoint's {num_patches} patches.")
+    grid = (image_size[0] // patch) * (image_size[1] // patch)
+    if grid != num_patches or image_size[0] % patch or image_size[1] % patch:
+        raise ConversionError(
+            f"image_size {image_size} with patch {patch} does not give the checkpoint's {num_patches} patches."
+        )
     prefix = "token_mixer.layers" if arch == "FNet" else "transformer.layers"
     depth = len(_layer_indices(state, prefix))
     s.update(channels=channels, patch_size=patch, image_size=image_size, dim=dim, depth=depth,
@@ -227,7 +230,8 @@ def vix_config(arch: str, s: dict, id2label=None) -> VixConfig:
     if arch != "FNet":
         options["head_dim"] = s["dim_head"]
     if arch == "ViN":
-        options.update(qkv_bias=False, nystrom_num_landmarks=s["num_landmarks"], nystrom_pinv_iterations=s["pinv_iterations"],
+        options.update(qkv_bias=False, nystrom_num_landmarks=s["num_landmarks"],
+                       nystrom_pinv_iterations=s["pinv_iterations"],
                        nystrom_residual_conv_kernel=s["residual_conv_kernel"], nystrom_padding="zeros_front",
                        nystrom_pinv_scale="global")
     elif arch == "ViP":
@@ -249,7 +253,8 @@ def rules(arch: str, s: dict) -> list[Rule]:
     L = r"vix.layers.\1"
     table = [
         Rule(r"to_patch_embedding\.1\.(weight|bias)",
-             rename(r"vix.embeddings.patch_embeddings.norm_before.\1", lambda t: patch_vector_to_unfold_order(t, c, p))),
+             rename(r"vix.embeddings.patch_embeddings.norm_before.\1",
+                    lambda t: patch_vector_to_unfold_order(t, c, p))),
         Rule(r"to_patch_embedding\.2\.weight",
              rename("vix.embeddings.patch_embeddings.projection.weight", lambda t: patch_linear_to_conv(t, c, p))),
         Rule(r"to_patch_embedding\.2\.bias", rename("vix.embeddings.patch_embeddings.projection.bias")),
@@ -266,7 +271,8 @@ def rules(arch: str, s: dict) -> list[Rule]:
     A = L + ".attention"
     if arch == "ViN":
         table += [
-            Rule(P + r"\.0\.fn\.to_qkv\.weight", split(A + ".q_proj.weight", A + ".k_proj.weight", A + ".v_proj.weight")),
+            Rule(P + r"\.0\.fn\.to_qkv\.weight",
+                 split(A + ".q_proj.weight", A + ".k_proj.weight", A + ".v_proj.weight")),
             Rule(P + r"\.0\.fn\.to_out\.0\.(weight|bias)", rename(A + r".o_proj.\2")),
             Rule(P + r"\.0\.fn\.res_conv\.weight", rename(A + ".residual_conv.weight")),
         ]
@@ -316,7 +322,8 @@ def build_source_model(arch: str, s: dict, state: dict) -> nn.Module | None:
         if arch == "FNet":
             model = vision_xformer.FNet(**common)
         elif arch == "ViN":
-            model = vision_xformer.ViN(**common, heads=s["heads"], dim_head=s["dim_head"], num_landmarks=s["num_landmarks"])
+            model = vision_xformer.ViN(**common, heads=s["heads"], dim_head=s["dim_head"],
+                                       num_landmarks=s["num_landmarks"])
         elif arch == "ViP":
             model = vision_xformer.ViP(**common, heads=s["heads"], dim_head=s["dim_head"])
         else:

@@ -122,11 +122,14 @@ def infer_settings(state: dict, given: dict) -> dict:
         image_size = (side, side)
     image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     if (image_size[0] // patch) * (image_size[1] // patch) != num_patches:
-        raise ConversionError(f"image_size {image_size} with patch {patch} does not give the checkpoint's {num_patches} patches.")
+        raise ConversionError(
+            f"image_size {image_size} with patch {patch} does not give the checkpoint's {num_patches} patches."
+        )
     pool = s.get("pool") or ("cls" if cls_tokens else "mean")
     if pool == "mean" and cls_tokens:
-        raise ConversionError("pool='mean' with a cls token averages the cls token in, which ViX's mean pooling (no cls "
-                              "token) cannot reproduce; convert a pool='cls' model, or a vit-pytorch >= 1.26 mean model.")
+        raise ConversionError("pool='mean' with a cls token averages the cls token in, which ViX's mean pooling "
+                              "(no cls token) cannot reproduce; convert a pool='cls' model, or a vit-pytorch >= 1.26 "
+                              "mean model.")
     if pool == "cls" and not cls_tokens:
         raise ConversionError("pool='cls' but the checkpoint has no cls token.")
     inner = state["transformer.layers.0.0.to_qkv.weight"].shape[0] // 3
@@ -186,7 +189,8 @@ def rules(s: dict) -> list[Rule]:
     if s["patch_norm"]:
         table += [
             Rule(r"to_patch_embedding\.1\.(weight|bias)",
-                 rename(r"vix.embeddings.patch_embeddings.norm_before.\1", lambda t: patch_vector_to_unfold_order(t, c, p))),
+                 rename(r"vix.embeddings.patch_embeddings.norm_before.\1",
+                        lambda t: patch_vector_to_unfold_order(t, c, p))),
             Rule(r"to_patch_embedding\.3\.(weight|bias)", rename(r"vix.embeddings.patch_embeddings.norm_after.\1")),
         ]
     return table

@@ -80,7 +80,8 @@ def build_source(architecture: str, source_kwargs: dict, state: dict) -> nn.Modu
     except RuntimeError as error:
         first = " ".join(str(error).split())[:400]
         raise ConversionError(f"The checkpoint does not fit vit-pytorch {constructor.__name__}(**{source_kwargs}): "
-                              f"{first}. Pass the keyword arguments the source was built with (--source_kwargs).") from None
+                              f"{first}. Pass the keyword arguments the source was built with "
+                              "(--source_kwargs).") from None
     return model.eval()
 
 
@@ -120,7 +121,8 @@ def cct_config(source: nn.Module, image_size) -> VixCctConfig:
 def cct_rules(config: VixCctConfig) -> list[Rule]:
     L = r"cct.layers.\1"
     table = [
-        Rule(r"tokenizer\.conv_layers\.(\d+)\.0\.(weight|bias)", rename(r"cct.embeddings.tokenizer.layers.\1.convolution.\2")),
+        Rule(r"tokenizer\.conv_layers\.(\d+)\.0\.(weight|bias)",
+             rename(r"cct.embeddings.tokenizer.layers.\1.convolution.\2")),
         Rule(r"classifier\.blocks\.(\d+)\.pre_norm\.(weight|bias)", rename(L + r".layernorm_before.\2")),
         Rule(r"classifier\.blocks\.(\d+)\.self_attn\.qkv\.weight",
              split(L + ".attention.q_proj.weight", L + ".attention.k_proj.weight", L + ".attention.v_proj.weight")),
@@ -201,8 +203,10 @@ def pit_rules(config: VixPitConfig, state: dict) -> list[Rule]:
         Rule(r"layers\.(\d+)\.layers\.(\d+)\.1\.net\.0\.(weight|bias)", layer(S + ".layernorm_after.{rest}")),
         Rule(r"layers\.(\d+)\.layers\.(\d+)\.1\.net\.1\.(weight|bias)", layer(S + ".mlp.fc1.{rest}")),
         Rule(r"layers\.(\d+)\.layers\.(\d+)\.1\.net\.4\.(weight|bias)", layer(S + ".mlp.fc2.{rest}")),
-        Rule(r"layers\.(\d+)\.downsample\.net\.0\.(weight|bias)", pooling("pit.stages.{stage}.pooling.depthwise.{rest}")),
-        Rule(r"layers\.(\d+)\.downsample\.net\.1\.(weight|bias)", pooling("pit.stages.{stage}.pooling.pointwise.{rest}")),
+        Rule(r"layers\.(\d+)\.downsample\.net\.0\.(weight|bias)",
+             pooling("pit.stages.{stage}.pooling.depthwise.{rest}")),
+        Rule(r"layers\.(\d+)\.downsample\.net\.1\.(weight|bias)",
+             pooling("pit.stages.{stage}.pooling.pointwise.{rest}")),
         Rule(r"layers\.(\d+)\.cls_ff\.(weight|bias)", pooling("pit.stages.{stage}.pooling.cls_proj.{rest}")),
         Rule(r"mlp_head\.0\.(weight|bias)", rename(r"pit.layernorm.\1")),
         Rule(r"mlp_head\.1\.(weight|bias)", rename(r"classifier.\1")),
@@ -235,7 +239,9 @@ def carry_over(model: nn.Module, attention_type: str, overrides: dict | None, se
     """A converted softmax ViX -> the same backbone with `attention_type`: every weight carries over; the mixer's
     own new parameters get their init (drawn with `seed`); Nystrom's residual conv starts at zero."""
     if attention_type not in MIXER_CAPABILITIES:
-        raise ConversionError(f"Unknown attention_type {attention_type!r}; choose one of {', '.join(MIXER_CAPABILITIES)}.")
+        raise ConversionError(
+            f"Unknown attention_type {attention_type!r}; choose one of {', '.join(MIXER_CAPABILITIES)}."
+        )
     if not MIXER_CAPABILITIES[attention_type].supports_rope:
         raise ConversionError(f"attention_type={attention_type!r} has no queries, keys or values, so the source's "
                               "attention weights cannot carry over; choose softmax, performer, linformer or nystrom.")
@@ -263,8 +269,8 @@ def carry_over(model: nn.Module, attention_type: str, overrides: dict | None, se
     target.load_state_dict(carried, strict=True)
     if new_keys:
         kinds = sorted({key.rsplit(".", 1)[-1] for key in new_keys})
-        notes.append(f"New {attention_type} tensors, not in the source ({len(new_keys)}: {', '.join(kinds)}), got their "
-                     f"init with seed {seed}; Nystrom's residual conv (if any) starts at zero.")
+        notes.append(f"New {attention_type} tensors, not in the source ({len(new_keys)}: {', '.join(kinds)}), got "
+                     f"their init with seed {seed}; Nystrom's residual conv (if any) starts at zero.")
     notes.append(f"`{attention_type}` approximates the source's softmax attention: the weights carry over, the logits "
                  "move by the amount reported; fine-tune before use.")
     return target, notes

@@ -37,7 +37,8 @@ def _cell(read, entry) -> str:
 
 
 def results_table(entries: list[dict], endpoint: str) -> str:
-    linked = [{**entry, "link": f"[{entry['repo_id']}]({endpoint.rstrip('/')}/{entry['repo_id']})"} for entry in entries]
+    base = endpoint.rstrip("/")
+    linked = [{**entry, "link": f"[{entry['repo_id']}]({base}/{entry['repo_id']})"} for entry in entries]
     lines = ["| " + " | ".join(name for name, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_cell(read, entry) for _, read in COLUMNS) + " |" for entry in linked]
     return "\n".join(lines)

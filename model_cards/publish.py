@@ -182,8 +182,9 @@ def unreadable_files(folder: Path) -> list[str]:
 
 def load_problem(folder: Path) -> str | None:
     """Load the model once, as a user will (what a file check cannot see: tensors that do not fit the config)."""
-    import modeling_vix  # noqa: F401  (registers the ViX Auto classes, so the folder's own code is not run)
     from transformers import AutoModelForImageClassification
+
+    import modeling_vix  # noqa: F401  (registers the ViX Auto classes, so the folder's own code is not run)
 
     try:  # ignore_mismatched_sizes=True only so that a tensor of the wrong shape is named in `info`, refused below
         _, info = AutoModelForImageClassification.from_pretrained(folder, output_loading_info=True,

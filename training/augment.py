@@ -106,7 +106,8 @@ def _sharpness(image, m, g):
     kernel = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]], dtype=image.dtype) / 13
     channels = image.shape[0]
     smooth = F.conv2d(image.unsqueeze(0), kernel.expand(channels, 1, 3, 3), padding=1, groups=channels)[0]
-    smooth[:, 0], smooth[:, -1], smooth[:, :, 0], smooth[:, :, -1] = image[:, 0], image[:, -1], image[:, :, 0], image[:, :, -1]
+    smooth[:, 0], smooth[:, -1] = image[:, 0], image[:, -1]  # the border keeps its own pixels
+    smooth[:, :, 0], smooth[:, :, -1] = image[:, :, 0], image[:, :, -1]
     return _blend(image, smooth, 1 + _signed(0.9 * m, g))
 
 
@@ -207,4 +208,4 @@ class Augmenter:
     def __call__(self, images, rows):
         if not self.active:
             return images
-        return torch.stack([self.augment_one(image, int(row)) for image, row in zip(images, rows)])
+        return torch.stack([self.augment_one(image, int(row)) for image, row in zip(images, rows, strict=True)])

@@ -54,7 +54,8 @@ class DataArguments:
     image_column: str | None = field(default=None, metadata={"help": f"Image column; detected from {IMAGE_COLUMNS}."})
     label_column: str | None = field(default=None, metadata={"help": f"Label column; detected from {LABEL_COLUMNS}."})
     validation_split_size: float = field(
-        default=0.1, metadata={"help": "Fraction of train carved (seeded, stratified) as validation when there is none."}
+        default=0.1,
+        metadata={"help": "Fraction of train carved (seeded, stratified) as validation when there is none."},
     )
     test_split_size: float = field(
         default=0.2, metadata={"help": "Fraction of train carved (seeded, stratified) as test when there is none."}
@@ -172,7 +173,7 @@ def find_unreadable(dataset, image_column, batch_size=1000):
         return []
     raw = dataset.cast_column(image_column, Image(decode=False)).select_columns([image_column])
     bad = []
-    for start, batch in zip(range(0, len(raw), batch_size), raw.iter(batch_size=batch_size)):
+    for start, batch in zip(range(0, len(raw), batch_size), raw.iter(batch_size=batch_size), strict=True):
         for offset, item in enumerate(batch[image_column]):
             try:
                 if item is None:

@@ -159,9 +159,11 @@ def with_fallbacks(config_class, settings: dict, given: set) -> dict:
         name: settings.get(name, fields[name].default if fields[name].default is not dataclasses.MISSING else None)
         for name in adaptable
     }
-    options = [[preferred[name], *(value for value in FALLBACKS[name] if value != preferred[name])] for name in adaptable]
+    options = [[preferred[name], *(value for value in FALLBACKS[name] if value != preferred[name])]
+               for name in adaptable]
     for choice in itertools.product(*options):
-        changed = {name: value for name, value in zip(adaptable, choice) if value != preferred[name] or name in settings}
+        changed = {name: value for name, value in zip(adaptable, choice, strict=True)
+                   if value != preferred[name] or name in settings}
         candidate = {**settings, **changed}
         if _accepts(config_class, candidate):
             return candidate

@@ -119,7 +119,8 @@ def main(argv=None):
     args.output_dir.mkdir(parents=True, exist_ok=True)
     if args.append_to is not None and not args.append_to.is_file():
         parser.error(f"--append_to {args.append_to}: no such results file")
-    rows = [run_recipe(recipe, args.output_dir / "runs" / recipe.stem, extra, args.skip_existing) for recipe in args.recipes]
+    rows = [run_recipe(recipe, args.output_dir / "runs" / recipe.stem, extra, args.skip_existing)
+            for recipe in args.recipes]
     command = "python -m training.results " + " ".join(str(item) for item in argv + (["--", *extra] if extra else []))
     commands = [command]
     json_path = args.output_dir / "results.json"

@@ -25,7 +25,9 @@ from .errors import UsageError
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"
+)
 PROCESS_COUNT_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 
 
@@ -123,10 +125,11 @@ def prepare_output_dir(output_dir, model_name_or_path, resume, overwrite: bool, 
     The Trainer would otherwise write into any folder: save the new model over the one it loaded (fine-tuning
     from `<output_dir>/final`), and rotate away the checkpoints of an earlier run (`save_total_limit`).
     """
-    if model_name_or_path and Path(model_name_or_path).is_dir() and overlaps(Path(output_dir), Path(model_name_or_path)):
+    source = Path(model_name_or_path) if model_name_or_path else None
+    if source is not None and source.is_dir() and overlaps(Path(output_dir), source):
         raise UsageError(
-            f"--output_dir {output_dir} overlaps --model_name_or_path {model_name_or_path}: this run would write into or "
-            "over the model it starts from. Pass another --output_dir."
+            f"--output_dir {output_dir} overlaps --model_name_or_path {model_name_or_path}: this run would write "
+            "into or over the model it starts from. Pass another --output_dir."
         )
     checkpoint = resolve_resume(resume, output_dir)
     if checkpoint is not None:

@@ -277,15 +277,18 @@ def load_pretrained(job: JobArguments, labels, label_kwargs):
 
 
 def build_model(settings: Settings, labels):
-    """(model, image processor): a checkpoint to fine-tune, or a new model of --model_type from the resolved settings."""
+    """(model, image processor): a checkpoint to fine-tune, or a new model of --model_type from the resolved
+    settings."""
     label_kwargs = {"id2label": dict(enumerate(labels)), "label2id": {name: i for i, name in enumerate(labels)}}
     if settings.job.model_name_or_path:
         return load_pretrained(settings.job, labels, label_kwargs)
     config_class = config_class_for(settings.job.model_type)
     overrides = override_values(config_class, settings.job.config_overrides)
-    config = build_config(config_class, {**settings.model_settings, **overrides}, num_labels=len(labels), **label_kwargs)
+    config = build_config(config_class, {**settings.model_settings, **overrides}, num_labels=len(labels),
+                          **label_kwargs)
     height, width = image_size_hw(config)
-    return AutoModelForImageClassification.from_config(config), VixImageProcessor(size={"height": height, "width": width})
+    processor = VixImageProcessor(size={"height": height, "width": width})
+    return AutoModelForImageClassification.from_config(config), processor
 
 
 def cpu_model_name() -> str:
