@@ -109,7 +109,7 @@ def test_save_and_load_round_trip(tmp_path, backbone, attention, position, overr
         for name, tensor in state.items():
             assert torch.equal(tensor, reloaded_state[name]), name
         # Non-persistent buffers (CCT's sine table, RoPE frequencies) are refilled, not left as meta-device garbage.
-        for (name, buffer), (_, reloaded_buffer) in zip(model.named_buffers(), reloaded.named_buffers()):
+        for (name, buffer), (_, reloaded_buffer) in zip(model.named_buffers(), reloaded.named_buffers(), strict=True):
             assert torch.equal(buffer, reloaded_buffer), name
 
 

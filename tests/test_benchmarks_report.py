@@ -2,7 +2,6 @@
 attribution of ops to the parts of a train step. No timings are taken or checked here."""
 
 import copy
-import json
 from pathlib import Path
 
 import pytest
@@ -43,7 +42,8 @@ def test_speed_target_met_at_the_threshold_and_gap_when_missed():
 def test_memory_targets_are_upper_bounds():
     report = paper_report({"vix-nystrom": 1.0, "hf-vit-sdpa": 1.0, "hf-vit-eager": 1.0, "vix-softmax": 1.0},
                           {"vix-nystrom": 300.0, "hf-vit-sdpa": 300.0, "hf-vit-eager": 900.0, "vix-softmax": 320.0})
-    status = {(row["target"], row["goal"].split()[0], row["goal"].split()[1]): row["status"] for row in run.memory_rows(report)}
+    status = {(row["target"], row["goal"].split()[0], row["goal"].split()[1]): row["status"]
+              for row in run.memory_rows(report)}
     assert status["2a", "vix-nystrom", "peak"] == "met"  # 1.00x against <= 1.0x
     assert status["2b", "vix-nystrom", "peak"] == "**missed**"  # 0.33x against <= 0.3x
     assert status["3", "vix-softmax", "peak"] == "**missed**"  # 1.07x against <= 1.05x
@@ -85,7 +85,8 @@ def test_crossover_at_the_smallest_swept_size_is_an_upper_bound():
 
 
 @pytest.mark.parametrize("name, category", [
-    ("aten::bmm", profile_step.GEMM), ("aten::addmm", profile_step.GEMM), ("aten::convolution_backward", profile_step.CONV),
+    ("aten::bmm", profile_step.GEMM), ("aten::addmm", profile_step.GEMM),
+    ("aten::convolution_backward", profile_step.CONV),
     ("aten::_scaled_dot_product_flash_attention_for_cpu_backward", profile_step.ATTENTION),
     ("aten::_softmax", profile_step.ATTENTION), ("aten::_log_softmax", profile_step.OTHER),
     ("aten::gelu_backward", profile_step.ACTIVATION), ("aten::native_layer_norm", profile_step.LAYER_NORM),

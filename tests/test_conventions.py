@@ -207,7 +207,7 @@ def test_performer_redraw_count_is_saved_and_resumed(tmp_path):
         model(inputs, labels=labels).loss.backward()
     after_two, counts = performer_state(model)
     assert counts == [2, 2]
-    assert all(torch.equal(old, new) for old, new in zip(start, after_two))  # interval 3: not yet
+    assert all(torch.equal(old, new) for old, new in zip(start, after_two, strict=True))  # interval 3: not yet
 
     model.save_pretrained(tmp_path)
     saved = load_file(tmp_path / "model.safetensors")
@@ -217,7 +217,7 @@ def test_performer_redraw_count_is_saved_and_resumed(tmp_path):
     reloaded = VixForImageClassification.from_pretrained(tmp_path)
     projections, counts = performer_state(reloaded)
     assert counts == [2, 2], "the count since the last redraw was not restored"
-    for saved_matrix, loaded in zip(after_two, projections):
+    for saved_matrix, loaded in zip(after_two, projections, strict=True):
         assert torch.equal(saved_matrix, loaded), "the reloaded projection is not the saved one"
 
     # A control from the same folder with the count reset: one more training forward does not redraw...
@@ -226,7 +226,7 @@ def test_performer_redraw_count_is_saved_and_resumed(tmp_path):
         if isinstance(module, PerformerAttention):
             module.steps_since_redraw.zero_()
     control(inputs, labels=labels)
-    assert all(torch.equal(old, new) for old, new in zip(after_two, performer_state(control)[0]))
+    assert all(torch.equal(old, new) for old, new in zip(after_two, performer_state(control)[0], strict=True))
 
     # ...while the resumed model, like the original, redraws at its third training forward.
     reloaded.train()
@@ -235,7 +235,7 @@ def test_performer_redraw_count_is_saved_and_resumed(tmp_path):
     for model_after in (reloaded, model):
         redrawn, counts = performer_state(model_after)
         assert counts == [0, 0]
-        assert all(not torch.equal(old, new) for old, new in zip(after_two, redrawn))
+        assert all(not torch.equal(old, new) for old, new in zip(after_two, redrawn, strict=True))
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 from conversion import common
-from model_cards.card import card_tags
 from conversion.common import (
     ConversionError,
     Rule,
@@ -33,6 +32,7 @@ from conversion.common import (
     run_cli,
     split,
 )
+from model_cards.card import card_tags
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -220,7 +220,9 @@ def test_real_images_without_the_cifar10_copy(tmp_path, monkeypatch):
 # One CLI style: HfArgumentParser over dataclasses, underscore flags, training's --config_overrides
 # ---------------------------------------------------------------------------------------------------------
 
-CONVERTER_MODULES = ("conversion.from_vision_xformer", "conversion.from_vit_pytorch", "conversion.from_transformers_vit")
+CONVERTER_MODULES = (
+    "conversion.from_vision_xformer", "conversion.from_vit_pytorch", "conversion.from_transformers_vit"
+)
 
 
 @pytest.mark.parametrize("module_name", CONVERTER_MODULES)
@@ -302,11 +304,11 @@ CHILD = textwrap.dedent(
                     reason="vision-xformer and vit-pytorch are needed (CI installs them with --no-deps)")
 def test_written_folders_load_with_remote_code_in_a_fresh_process(tmp_path, cifar_images):
     import vision_xformer
+    from transformers import ViTConfig, ViTForImageClassification
 
     from conversion.from_transformers_vit import convert_transformers_vit
     from conversion.from_vision_xformer import convert_vision_xformer
     from conversion.from_vit_pytorch import convert_vit_pytorch, load_vit_pytorch_vit
-    from transformers import ViTConfig, ViTForImageClassification
 
     images = cifar_images[0][:2]
     vin = randomize(vision_xformer.ViN(image_size=32, patch_size=4, num_classes=10, dim=32, depth=1, heads=2,
@@ -320,7 +322,8 @@ def test_written_folders_load_with_remote_code_in_a_fresh_process(tmp_path, cifa
         "vision_xformer": convert_vision_xformer(vin, tmp_path / "vin", images=images),
         "vit_pytorch": convert_vit_pytorch(vit, tmp_path / "vit", images=images),
         "transformers": convert_transformers_vit(str(tmp_path / "hf-vit"), tmp_path / "nystrom", images=images,
-                                                 attention_type="nystrom", config_overrides={"nystrom_num_landmarks": 16}),
+                                                 attention_type="nystrom",
+                                                 config_overrides={"nystrom_num_landmarks": 16}),
     }
     pixels = {name: result.processor(images, return_tensors="pt")["pixel_values"] for name, result in results.items()}
     torch.save(pixels, tmp_path / "pixels.pt")

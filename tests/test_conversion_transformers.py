@@ -160,7 +160,8 @@ def test_broken_checkpoints_are_one_line_errors(vit_folders, tmp_path, capsys):
     wrong_shape = tmp_path / "wrong-shape"
     shutil.copytree(vit_folders["tiny"], wrong_shape)
     tensors = load_file(wrong_shape / "model.safetensors")
-    save_file({**tensors, "classifier.bias": torch.zeros(3)}, wrong_shape / "model.safetensors", metadata={"format": "pt"})
+    save_file({**tensors, "classifier.bias": torch.zeros(3)}, wrong_shape / "model.safetensors",
+              metadata={"format": "pt"})
     assert_cli_refuses(main, ["--model", wrong_shape], tmp_path / "out", capsys,
                        r"wrong-shape does not load strictly.*mismatched_keys: .*classifier\.bias")
 

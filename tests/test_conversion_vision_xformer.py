@@ -119,7 +119,8 @@ def test_vip_converts_exactly_with_the_global_key_stabilizer(size, cifar_images,
     attention = source.transformer.layers[0][0].fn
     mixer = result.model.vix.layers[0].attention
     assert torch.equal(mixer.projection_matrix, attention.fast_attention.projection_matrix)
-    assert torch.equal(mixer.q_proj.bias, attention.to_q.bias) and torch.equal(mixer.o_proj.weight, attention.to_out.weight)
+    assert torch.equal(mixer.q_proj.bias, attention.to_q.bias)
+    assert torch.equal(mixer.o_proj.weight, attention.to_out.weight)
     assert result.config.performer_redraw_interval == 0
     assert result.config.performer_key_stabilizer == "global"
 

@@ -28,7 +28,7 @@ def test_banded_token_conv_equals_grouped_conv2d(shape):
     upstream = torch.randn_like(expected)
     expected_grads = torch.autograd.grad(expected, (values, taps), upstream)
     actual_grads = torch.autograd.grad(actual, (values, taps), upstream)
-    for got, want in zip(actual_grads, expected_grads):
+    for got, want in zip(actual_grads, expected_grads, strict=True):
         torch.testing.assert_close(got, want)
 
 
@@ -36,7 +36,7 @@ def test_fused_qkv_projection_equals_separate_linears():
     mixer = build_mixer(NystromAttention, attention_type="nystrom", qkv_bias=True)
     hidden = torch.randn(2, 65, 32)
     query, key, value = mixer.project_qkv(hidden, None)
-    for projection, got in zip((mixer.q_proj, mixer.k_proj, mixer.v_proj), (query, key, value)):
+    for projection, got in zip((mixer.q_proj, mixer.k_proj, mixer.v_proj), (query, key, value), strict=True):
         torch.testing.assert_close(got, mixer.split_heads(projection(hidden)))
 
 
@@ -50,7 +50,7 @@ def test_recomputed_pseudo_inverse_gives_the_same_gradients():
     mixer.pseudo_inverse = lambda kernel: iterative_pinv(kernel, mixer.pinv_iterations, mixer.per_matrix_pinv_scale)
     output, _ = mixer(hidden)
     stored = torch.autograd.grad(output.square().sum(), [hidden, *mixer.parameters()])
-    for got, want in zip(recomputed, stored):
+    for got, want in zip(recomputed, stored, strict=True):
         torch.testing.assert_close(got, want)
 
 
@@ -68,7 +68,7 @@ def test_recomputed_favor_features_give_the_same_gradients():
     assert weights is not None
     stored = torch.autograd.grad(stored_output.square().sum(), inputs)
     torch.testing.assert_close(recomputed_output, stored_output)
-    for got, want in zip(recomputed, stored):
+    for got, want in zip(recomputed, stored, strict=True):
         torch.testing.assert_close(got, want)
 
 

@@ -62,7 +62,8 @@ def test_pil_modes_and_sizes(processor, mode, size):
 
 
 def test_mixed_batch_of_modes_and_sizes(processor):
-    images = [_random_image(w, h, seed=i).convert(mode) for i, ((w, h), mode) in enumerate(zip(SIZES * 2, MODES))]
+    images = [_random_image(w, h, seed=i).convert(mode)
+              for i, ((w, h), mode) in enumerate(zip(SIZES * 2, MODES, strict=False))]  # 10 sizes for 8 modes
     pixels = _pixels(processor, images)
     assert pixels.shape == (len(images), 3, 32, 32) and pixels.dtype == torch.float32
     # Batching does not change any image's result.

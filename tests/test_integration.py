@@ -18,14 +18,13 @@ import pytest
 import torch
 
 import modeling_vix
+from conftest import run_without_package, tiny_config
 from modeling_vix import (
     VixConfig,
     VixForImageClassification,
     VixImageProcessor,
     VixModel,
 )
-
-from conftest import run_without_package, tiny_config
 
 
 CIFAR10_LABELS = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -35,7 +34,8 @@ LABEL2ID = {name: i for i, name in ID2LABEL.items()}
 # Folder name -> config overrides. Together they cover every mixer, both embeddings, every position type,
 # both poolings, buffers (performer), sequence-length-sized parameters (linformer, mixer) and FFTs (fnet).
 VARIANTS = {
-    "softmax_linear_learned": dict(attention_type="softmax", embedding_type="linear", position_embedding_type="learned"),
+    "softmax_linear_learned": dict(attention_type="softmax", embedding_type="linear",
+                                   position_embedding_type="learned"),
     "performer_conv_rope2d": dict(attention_type="performer", embedding_type="conv", position_embedding_type="rope_2d"),
     "nystrom_linear_rope1d": dict(attention_type="nystrom", embedding_type="linear", position_embedding_type="rope_1d"),
     "linformer_linear_learned": dict(attention_type="linformer"),
@@ -241,7 +241,7 @@ def test_remote_code_pipeline_matches_softmax_of_logits(saved, remote_run, name)
     results = report["variants"][name]["pipeline"]
     probabilities = saved[name]["logits"].softmax(-1)
     assert len(results) == probabilities.shape[0]
-    for predictions, probs in zip(results, probabilities):
+    for predictions, probs in zip(results, probabilities, strict=True):
         assert len(predictions) == len(ID2LABEL)
         assert {p["label"] for p in predictions} == set(CIFAR10_LABELS)
         scores = [p["score"] for p in predictions]
@@ -278,13 +278,14 @@ def test_auto_classes_use_the_installed_package(saved, cifar_pixels, name):
 def test_pipeline_without_trust_remote_code(saved, cifar_images, name):
     from transformers import pipeline
 
-    classifier = pipeline("image-classification", model=str(saved[name]["folder"]), trust_remote_code=False, device="cpu")
+    classifier = pipeline("image-classification", model=str(saved[name]["folder"]), trust_remote_code=False,
+                          device="cpu")
     assert type(classifier.model) is VixForImageClassification
     assert type(classifier.image_processor) is VixImageProcessor
     images = cifar_images[0][:4]
     results = classifier(images, top_k=3)
     probabilities = saved[name]["logits"][:4].softmax(-1)
-    for predictions, probs in zip(results, probabilities):
+    for predictions, probs in zip(results, probabilities, strict=True):
         top = probs.topk(3)
         assert [p["score"] for p in predictions] == pytest.approx(top.values.tolist(), abs=1e-6)
         assert all(p["label"] in CIFAR10_LABELS for p in predictions)

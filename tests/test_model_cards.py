@@ -7,12 +7,11 @@ import re
 import pytest
 from huggingface_hub import ModelCard, ModelCardData
 
+from conftest import tiny_config
 from model_cards import build_index_card, build_model_card, write_model_card
 from model_cards.measure import measure_architecture
 from model_cards.rebuild import main as rebuild_main
 from modeling_vix import VixForImageClassification, VixImageProcessor
-
-from conftest import tiny_config
 
 
 METRICS = {  # the keys training/train.py writes to metrics.json (values from a tiny run)
@@ -53,13 +52,15 @@ def test_card_round_trips_through_modelcard_load(tmp_path, name):
     assert loaded.data.to_dict() == card.data.to_dict()
     assert loaded.data.eval_results == card.data.eval_results
     data = loaded.data
-    assert (data.library_name, data.pipeline_tag, data.license) == ("transformers", "image-classification", "apache-2.0")
+    assert (data.library_name, data.pipeline_tag, data.license) == (
+        "transformers", "image-classification", "apache-2.0")
     assert data.datasets == ["uoft-cs/cifar10"] and data.model_name == f"vix-{name}"
     assert {f"attention-{config['attention_type']}", f"embedding-{config['embedding_type']}",
             f"position-{config['position_embedding_type']}", "custom_code"} <= set(data.tags)
     assert {(r.metric_type, r.metric_value, r.dataset_split) for r in data.eval_results} == {
         ("accuracy", 0.8125, "test"), ("top_5_accuracy", 0.96875, "test")}
-    for section in ("## Model", "## How to use", "## Training procedure", "## Results", "## Limitations", "## Citation"):
+    for section in ("## Model", "## How to use", "## Training procedure", "## Results", "## Limitations",
+                    "## Citation"):
         assert section in loaded.text
 
 
@@ -100,7 +101,8 @@ def test_forward_flops_match_a_hand_count_including_attention():
 def test_limitations_follow_the_config_and_the_data(tmp_path):
     linformer = build_model_card(config_dict(attention_type="linformer"), METRICS, RECIPE).text
     assert "runs at 32×32 input only" in linformer and "65 tokens" in linformer
-    rope = build_model_card(config_dict(attention_type="nystrom", position_embedding_type="rope_2d"), METRICS, RECIPE).text
+    rope = build_model_card(config_dict(attention_type="nystrom", position_embedding_type="rope_2d"), METRICS,
+                            RECIPE).text
     assert "any size the patch size (4) divides" in rope and "runs at 32×32 input only" not in rope
     fnet = build_model_card(config_dict(attention_type="fnet"), METRICS, RECIPE).text
     assert "has no attention map" in fnet and "Fourier transforms are not counted" in fnet
@@ -119,7 +121,8 @@ def test_limitations_follow_the_config_and_the_data(tmp_path):
 
 
 def test_base_model_from_fine_tune_recipe(tmp_path):
-    fine_tuned = build_model_card(config_dict(), METRICS, {**RECIPE, "model_name_or_path": "google/vit-base-patch16-224"})
+    fine_tuned = build_model_card(config_dict(), METRICS,
+                                  {**RECIPE, "model_name_or_path": "google/vit-base-patch16-224"})
     assert fine_tuned.data.base_model == "google/vit-base-patch16-224"
     local_parent = build_model_card(config_dict(), METRICS, {**RECIPE, "model_name_or_path": str(tmp_path)})
     assert local_parent.data.base_model is None and f"Fine-tuned from `{tmp_path}`" in local_parent.text
@@ -150,7 +153,8 @@ def test_converted_folders_get_the_same_card_builder_and_tags(tmp_path):
     assert card.data.base_model == "google/vit-base-patch16-224" and card.data.model_name == "vix-vin"
     for section in ("## Model", "## How to use", "## Conversion", "## Training procedure", "## Limitations"):
         assert section in text, section
-    assert "| transformers ViTForImageClassification | `nystrom` | 1.23e-02 | 3.50e+00 | 75% | 4 real images (test) |" in text
+    row = "| transformers ViTForImageClassification | `nystrom` | 1.23e-02 | 3.50e+00 | 75% | 4 real images (test) |"
+    assert row in text
     assert "Nystrom's residual conv starts at zero." in text and "Converted from **transformers" in text
     assert str(tmp_path) not in text  # no local paths in a folder meant for the Hub
 
@@ -167,8 +171,10 @@ def test_usage_snippets_compile_and_pin_the_revision():
     for block in blocks:
         compile(block, "<card snippet>", "exec")
     calls = re.findall(r"(?:pipeline|from_pretrained)\((.*?)trust_remote_code=True", pinned, flags=re.S)
-    assert len(calls) == 5 and all(f'"team/vix-vin", revision="{SHA}"' in call or f'model="team/vix-vin", revision="{SHA}"' in call
-                                   for call in calls)
+    assert len(calls) == 5 and all(
+        f'"team/vix-vin", revision="{SHA}"' in call or f'model="team/vix-vin", revision="{SHA}"' in call
+        for call in calls
+    )
     unpinned = build_model_card(config, METRICS, RECIPE, repo_id="team/vix-vin").text
     assert 'revision="' not in "".join(python_blocks(unpinned)) and 'revision="<commit hash>"' in unpinned
 

@@ -58,7 +58,7 @@ def assert_finite(tensor, what="tensor"):
 MEAN_COMBOS = [(attention, "linear", "learned") for attention in ATTENTION_TYPES] + [
     (attention, "conv", "rope_2d") for attention in ATTENTION_TYPES if MIXER_CAPABILITIES[attention].supports_rope
 ]
-ALL_CASES = [pytest.param(*combo, "cls", id=f"{name}-cls") for combo, name in zip(COMBOS, COMBO_IDS)] + [
+ALL_CASES = [pytest.param(*combo, "cls", id=f"{name}-cls") for combo, name in zip(COMBOS, COMBO_IDS, strict=True)] + [
     pytest.param(*combo, "mean", id="-".join(combo) + "-mean") for combo in MEAN_COMBOS
 ]
 
@@ -211,7 +211,7 @@ def test_output_hidden_states_for_every_mixer(attention, embedding, position):
 
 
 @pytest.mark.parametrize("attention,embedding,position", [c for c in COMBOS if c[0] in ATTENTION_MIXERS],
-                         ids=[n for c, n in zip(COMBOS, COMBO_IDS) if c[0] in ATTENTION_MIXERS])
+                         ids=[n for c, n in zip(COMBOS, COMBO_IDS, strict=True) if c[0] in ATTENTION_MIXERS])
 def test_output_attentions_returns_real_maps(attention, embedding, position):
     """transformers v5's rule for every attention mixer: the default fused path ("sdpa") builds no maps (an empty
     tuple and a warning that says to use eager), attn_implementation="eager" returns real ones."""
@@ -287,7 +287,7 @@ def test_softmax_eager_maps_equal_independent_maps_and_sdpa_warns(position):
 
     head_dim = HIDDEN // HEADS
     assert len(from_eager) == len(layer_inputs) == LAYERS
-    for layer, hidden, attention_map in zip(eager_model.vix.layers, layer_inputs, from_eager):
+    for layer, hidden, attention_map in zip(eager_model.vix.layers, layer_inputs, from_eager, strict=True):
         mixer = layer.attention
         query = (hidden @ mixer.q_proj.weight.T).unflatten(-1, (HEADS, head_dim)).transpose(1, 2)  # (B, H, N, D)
         key = (hidden @ mixer.k_proj.weight.T).unflatten(-1, (HEADS, head_dim)).transpose(1, 2)
@@ -530,7 +530,7 @@ def test_performer_without_redraw_keeps_its_projection():
     assert all(p.abs().sum() > 0 for p in before)
     for _ in range(5):
         _train_step(model, optimizer)
-    for old, new in zip(before, _projections(model)):
+    for old, new in zip(before, _projections(model), strict=True):
         assert torch.equal(old, new)
 
 
@@ -542,34 +542,34 @@ def test_performer_redraws_every_interval_training_calls_only():
     with torch.no_grad():
         for _ in range(5):
             model(pixels(2))
-    for old, new in zip(start, _projections(model)):
+    for old, new in zip(start, _projections(model), strict=True):
         assert torch.equal(old, new), "eval-mode calls must never redraw"
 
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     _train_step(model, optimizer)
     after_one = _projections(model)
-    for old, new in zip(start, after_one):
+    for old, new in zip(start, after_one, strict=True):
         assert torch.equal(old, new), "redrawn after one training call with interval 2"
     _train_step(model, optimizer)
     after_two = _projections(model)
-    for old, new in zip(after_one, after_two):
+    for old, new in zip(after_one, after_two, strict=True):
         assert not torch.equal(old, new), "not redrawn after two training calls with interval 2"
 
     model.eval()
     with torch.no_grad():
         for _ in range(5):
             model(pixels(2))
-    for old, new in zip(after_two, _projections(model)):
+    for old, new in zip(after_two, _projections(model), strict=True):
         assert torch.equal(old, new), "eval-mode calls must never redraw"
 
     model.train()
     _train_step(model, optimizer)
     after_three = _projections(model)
-    for old, new in zip(after_two, after_three):
+    for old, new in zip(after_two, after_three, strict=True):
         assert torch.equal(old, new)
     _train_step(model, optimizer)
-    for old, new in zip(after_three, _projections(model)):
+    for old, new in zip(after_three, _projections(model), strict=True):
         assert not torch.equal(old, new)
 
 
@@ -586,7 +586,7 @@ def test_performer_redraw_with_activation_checkpointing():
     checkpointed(inputs, labels=labels).loss.backward()
 
     # One training step with interval 2: no redraw, and the gradients match the plain model's.
-    for old, new in zip(start, _projections(checkpointed)):
+    for old, new in zip(start, _projections(checkpointed), strict=True):
         assert torch.equal(old, new), "projection redrawn after one checkpointed training step"
     plain_params = dict(plain.named_parameters())
     for name, parameter in checkpointed.named_parameters():

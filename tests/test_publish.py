@@ -62,7 +62,7 @@ def zoo(tmp_path_factory):
 
 
 def folders(results_json) -> dict[str, Path]:
-    return {repo: folder for repo, (folder, _) in zip(REPOS, publish.folders_from_results(results_json))}
+    return {repo: folder for repo, (folder, _) in zip(REPOS, publish.folders_from_results(results_json), strict=True)}
 
 
 def run_publish(hub: FakeHub, *args) -> int:
@@ -245,7 +245,8 @@ def test_incomplete_folders_and_a_missing_token_are_refused_before_anything_is_s
 
 def test_server_error_names_the_repo_and_leaves_nothing_half_published(zoo, monkeypatch, capsys):
     waits = []
-    monkeypatch.setattr(huggingface_hub.utils._http, "time", types.SimpleNamespace(sleep=waits.append))  # no backoff wait
+    no_backoff = types.SimpleNamespace(sleep=waits.append)
+    monkeypatch.setattr(huggingface_hub.utils._http, "time", no_backoff)
     with FakeHub() as hub:
         hub.fail("commit", REPOS[1], status=500)
         assert run_publish(hub, "--results", zoo, "--repo_prefix", PREFIX, "--private") == 1

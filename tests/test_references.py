@@ -17,6 +17,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import tiny_config
 from modeling_vix import VixConfig, VixForImageClassification
 from modeling_vix.mixers_vix import (
     LinformerAttention,
@@ -27,7 +28,6 @@ from modeling_vix.mixers_vix import (
     segment_means,
 )
 from modeling_vix.modeling_vix import vit_mixer_shape
-from conftest import tiny_config
 
 
 def build_mixer(mixer_class, config, attn_implementation="sdpa"):
@@ -126,10 +126,10 @@ def test_softmax_hidden_states_and_attentions_match_hf_vit(cifar_pixels):
     expected = vit(pixels, output_hidden_states=True, output_attentions=True)
     actual = vix(pixels, output_hidden_states=True, output_attentions=True)
     assert len(actual.hidden_states) == len(expected.hidden_states) == VIT_SIZES["num_hidden_layers"] + 1
-    for index, (mine, theirs) in enumerate(zip(actual.hidden_states, expected.hidden_states)):
+    for index, (mine, theirs) in enumerate(zip(actual.hidden_states, expected.hidden_states, strict=True)):
         assert_close(mine, theirs, 1e-5, f"hidden_states[{index}]")
     assert len(actual.attentions) == len(expected.attentions) == VIT_SIZES["num_hidden_layers"]
-    for index, (mine, theirs) in enumerate(zip(actual.attentions, expected.attentions)):
+    for index, (mine, theirs) in enumerate(zip(actual.attentions, expected.attentions, strict=True)):
         assert mine.shape == (4, 4, 65, 65)
         assert theirs.amax(-1).mean() > 0.2  # attention maps far from uniform (1/65)
         assert_close(mine, theirs, 1e-5, f"attentions[{index}]")

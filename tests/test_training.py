@@ -218,7 +218,8 @@ def test_fine_tune_from_checkpoint_on_image_folder_with_new_labels(tmp_path):
 
 
 def test_column_detection_and_explicit_columns():
-    from datasets import ClassLabel, Dataset, Features, Image as ImageFeature, Value
+    from datasets import ClassLabel, Dataset, Features, Value
+    from datasets import Image as ImageFeature
 
     images = [Image.new("RGB", (4, 4))] * 4
     cifar100_like = Dataset.from_dict({"img": images, "fine_label": [0, 1, 2, 3], "coarse_label": [0, 0, 1, 1]})
@@ -318,13 +319,11 @@ def gradient(mode: str) -> Image.Image:
 def test_16_bit_and_float_training_images_keep_their_scale(tmp_path):
     """Training data goes through `to_8bit` as well (also for a fine-tuned checkpoint's own processor): a 16-bit
     or float gradient gives the pixels of the same 8-bit gradient, where it used to clip to white or black."""
-    from datasets import Dataset
+    from transformers.image_processing_backends import PilBackend
+    from transformers.image_utils import PILImageResampling
 
     from modeling_vix import VixImageProcessor
     from training.train import make_transform
-
-    from transformers.image_processing_backends import PilBackend
-    from transformers.image_utils import PILImageResampling
 
     class CheckpointProcessor(PilBackend):  # a processor that knows nothing of 16-bit images, as a ViT checkpoint's
         resample = PILImageResampling.BILINEAR
@@ -389,7 +388,8 @@ def test_results_script_on_a_tiny_recipe(tmp_path):
     table = (tmp_path / "results" / "results.md").read_text()
     assert "| tiny_digits | Hybrid FNet |" in table and "MiB" in table
     assert f"python -m training.results {recipe} --output_dir" in table.splitlines()[0]  # how to reproduce it
-    assert json.loads((tmp_path / "results" / "results.json").read_text())[0]["test_accuracy"] == rows[0]["test_accuracy"]
+    saved_rows = json.loads((tmp_path / "results" / "results.json").read_text())
+    assert saved_rows[0]["test_accuracy"] == rows[0]["test_accuracy"]
     assert (tmp_path / "results" / "results.png").read_bytes()[:4] == b"\x89PNG"
     # --skip_existing reuses the run
     again = results.main([str(recipe), "--output_dir", str(tmp_path / "results"), "--skip_existing"])

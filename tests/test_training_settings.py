@@ -71,7 +71,8 @@ CHOICE_FLAGS = {  # the README's switches, in case the config's fields are not L
     "pooling": ("cls", "mean"), "conv_stem_activation": ("none", "relu", "gelu"),
     "conv_stem_downsampling": ("last_conv", "max_pool"),
 }
-SWITCHES += [(name, value) for name, values in CHOICE_FLAGS.items() for value in values if (name, value) not in SWITCHES]
+SWITCHES += [(name, value) for name, values in CHOICE_FLAGS.items() for value in values
+             if (name, value) not in SWITCHES]
 
 
 @pytest.mark.parametrize("name, value", SWITCHES, ids=[f"{n}={v}" for n, v in SWITCHES])
@@ -160,8 +161,9 @@ PAPER_HYBRID_VIN_ROPE = {
     "attention_type": "nystrom", "embedding_type": "conv", "position_embedding_type": "rope_1d", "image_size": 32,
     "patch_size": 1, "hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 256,
     "conv_stem_channels": [32, 64], "nystrom_num_landmarks": 64, "nystrom_residual_conv_kernel": 33, "linformer_k": 64,
-    "augmentation": "none", "num_train_epochs": 40, "per_device_train_batch_size": 64, "per_device_eval_batch_size": 256,
-    "learning_rate": 1.0e-3, "weight_decay": 0.01, "lr_scheduler_type": "constant", "warmup_steps": 0,
+    "augmentation": "none", "num_train_epochs": 40, "per_device_train_batch_size": 64,
+    "per_device_eval_batch_size": 256, "learning_rate": 1.0e-3, "weight_decay": 0.01, "lr_scheduler_type": "constant",
+    "warmup_steps": 0,
     "max_grad_norm": 0, "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1.0e-8, "eval_strategy": "epoch",
     "save_strategy": "epoch", "save_total_limit": 2, "load_best_model_at_end": True,
     "metric_for_best_model": "accuracy", "logging_steps": 100,
