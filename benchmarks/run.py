@@ -114,7 +114,8 @@ def backbone_suite(args: RunArguments) -> list[dict]:
     for image_size in BACKBONE_SIZES:
         tokens = (image_size // 2) ** 2
         batch_size = max(1, BACKBONE_TOKENS_BUDGET // tokens)
-        for model in BACKBONE_BUILDERS:
+        chosen = [model for model in args.models if model in BACKBONE_BUILDERS] or list(BACKBONE_BUILDERS)
+        for model in chosen:
             result = measure_in_subprocess(model, args, image_size, batch_size, inference=False)
             result["image_size"] = image_size
             log(result)

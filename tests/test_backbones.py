@@ -171,6 +171,11 @@ REMOTE_FOLDERS = {
     "pit_performer_learned": ("pit", dict(attention_type="performer")),
     "pit3_mixer_none": ("pit", dict(attention_type="mixer", position_embedding_type="none", **PIT_THREE_STAGES)),
 }
+# ... and every other backbone x mixer combination at its defaults, so that each round-trips through remote code.
+for _backbone in ("cct", "pit"):
+    _covered = {overrides["attention_type"] for name, (b, overrides) in REMOTE_FOLDERS.items() if b == _backbone}
+    for _mixer in sorted(set(MIXERS) - _covered):
+        REMOTE_FOLDERS[f"{_backbone}_{_mixer}"] = (_backbone, dict(attention_type=_mixer))
 MODELING_FILES = {
     "cct": ("configuration_vix_cct.py", "modeling_vix_cct.py"),
     "pit": ("configuration_vix_pit.py", "modeling_vix_pit.py"),
