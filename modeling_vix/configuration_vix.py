@@ -67,6 +67,18 @@ def require_at_least(config, minimum, *names) -> None:
             raise ValueError(f"{name} must be at least {minimum}; got {value}.")
 
 
+def image_hw(image_size) -> tuple[int, int]:
+    """`image_size` (an int or [height, width]) as (height, width)."""
+    return (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
+
+
+def check_image_size(image_size) -> None:
+    if isinstance(image_size, list) and len(image_size) != 2:
+        raise ValueError(f"image_size must be an int or [height, width]; got {image_size}.")
+    if min(image_hw(image_size)) < 1:
+        raise ValueError(f"image_size must be positive; got {image_size}.")
+
+
 def require_positive_sizes(name: str, values) -> None:
     if not values or any(value < 1 for value in values):
         raise ValueError(f"{name} must be a non-empty list of positive integers; got {list(values)}.")
@@ -265,8 +277,7 @@ class VixConfig(VixMixerConfig):
 
     @property
     def image_size_hw(self) -> tuple[int, int]:
-        size = self.image_size
-        return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        return image_hw(self.image_size)
 
     @property
     def attention_head_dim(self) -> int:
@@ -290,10 +301,7 @@ class VixConfig(VixMixerConfig):
     def validate_architecture(self):
         """Raise ValueError for an impossible value or combination, saying what to do instead."""
         super().validate_architecture()
-        if isinstance(self.image_size, list) and len(self.image_size) != 2:
-            raise ValueError(f"image_size must be an int or [height, width]; got {self.image_size}.")
-        if min(self.image_size_hw) < 1:
-            raise ValueError(f"image_size must be positive; got {self.image_size}.")
+        check_image_size(self.image_size)
         require_at_least(self, 1, "patch_size", "num_channels", "hidden_size", "num_hidden_layers",
                          "num_attention_heads", "intermediate_size", "head_dim")
         height, width = self.image_size_hw

@@ -9,7 +9,7 @@ from typing import Literal
 
 from huggingface_hub.dataclasses import strict
 
-from .configuration_vix import VixMixerConfig, require_at_least
+from .configuration_vix import VixMixerConfig, check_image_size, image_hw, require_at_least
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -76,8 +76,7 @@ class VixCctConfig(VixMixerConfig):
 
     @property
     def image_size_hw(self) -> tuple[int, int]:
-        size = self.image_size
-        return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        return image_hw(self.image_size)
 
     @property
     def tokenizer_strides(self) -> list[int]:
@@ -112,10 +111,7 @@ class VixCctConfig(VixMixerConfig):
 
     def validate_architecture(self):
         super().validate_architecture()
-        if isinstance(self.image_size, list) and len(self.image_size) != 2:
-            raise ValueError(f"image_size must be an int or [height, width]; got {self.image_size}.")
-        if min(self.image_size_hw) < 1:
-            raise ValueError(f"image_size must be positive; got {self.image_size}.")
+        check_image_size(self.image_size)
         require_at_least(self, 1, "num_channels", "hidden_size", "num_hidden_layers", "num_attention_heads",
                          "intermediate_size", "tokenizer_num_layers", "tokenizer_hidden_channels",
                          "tokenizer_kernel_size", "tokenizer_pooling_kernel_size", "tokenizer_pooling_stride")

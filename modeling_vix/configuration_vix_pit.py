@@ -12,7 +12,7 @@ from typing import Literal
 
 from huggingface_hub.dataclasses import strict
 
-from .configuration_vix import VixMixerConfig, require_at_least, require_positive_sizes
+from .configuration_vix import VixMixerConfig, check_image_size, image_hw, require_at_least, require_positive_sizes
 
 
 def pooled_size(size: int) -> int:
@@ -67,8 +67,7 @@ class VixPitConfig(VixMixerConfig):
 
     @property
     def image_size_hw(self) -> tuple[int, int]:
-        size = self.image_size
-        return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        return image_hw(self.image_size)
 
     @property
     def num_stages(self) -> int:
@@ -110,8 +109,7 @@ class VixPitConfig(VixMixerConfig):
 
     def validate_architecture(self):
         super().validate_architecture()
-        if isinstance(self.image_size, list) and len(self.image_size) != 2:
-            raise ValueError(f"image_size must be an int or [height, width]; got {self.image_size}.")
+        check_image_size(self.image_size)
         require_at_least(self, 1, "num_channels", "patch_size", "patch_stride", "head_dim")
         for name in ("hidden_sizes", "depths", "num_attention_heads"):
             require_positive_sizes(name, getattr(self, name))
