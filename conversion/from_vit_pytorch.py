@@ -32,7 +32,6 @@ that import torchvision (e.g. `dino`), which would pull a multi-GB CUDA torch he
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from dataclasses import dataclass, field
 from typing import Literal
@@ -65,6 +64,7 @@ from .common import (
     square_side,
     write_folder,
 )
+from .vit_pytorch_backbones import load_vit_pytorch_module
 
 
 DEFAULT_NORMALIZATION = (0.5, 0.5, 0.5)
@@ -73,17 +73,7 @@ DEFAULT_NORMALIZATION = (0.5, 0.5, 0.5)
 def load_vit_pytorch_vit():
     """`vit_pytorch.vit` loaded from its file, without running `vit_pytorch/__init__.py` (which imports
     torchvision through `dino`/`mae`). None when vit-pytorch is not installed."""
-    spec = importlib.util.find_spec("vit_pytorch")  # locates the package; does not execute its __init__
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for folder in spec.submodule_search_locations:
-        path = f"{folder}/vit.py"
-        module_spec = importlib.util.spec_from_file_location("vit_pytorch_vit_standalone", path)
-        if module_spec is not None:
-            module = importlib.util.module_from_spec(module_spec)
-            module_spec.loader.exec_module(module)
-            return module
-    return None
+    return load_vit_pytorch_module("vit")
 
 
 def settings_from_model(model: nn.Module) -> dict:
