@@ -33,15 +33,25 @@ class MixerCapabilities:
     returns_attention_weights: bool  # has a real (B, H, N, keys) attention map (with attn_implementation="eager")
     supports_rope: bool  # has queries and keys that RoPE can rotate
     fixed_sequence_length: bool  # owns parameters sized by the token count
+    # Adds an additive (heads, queries, keys) bias to its attention logits (LeViT's attention bias); exactly for
+    # softmax, through the landmarks (Nystrom) or the sequence projection (Linformer); never for FAVOR+.
+    supports_attention_bias: bool
+
+
+def _capabilities(weights, rope, fixed, bias):
+    return MixerCapabilities(
+        returns_attention_weights=weights, supports_rope=rope, fixed_sequence_length=fixed,
+        supports_attention_bias=bias,
+    )
 
 
 MIXER_CAPABILITIES: dict[str, MixerCapabilities] = {
-    "softmax": MixerCapabilities(returns_attention_weights=True, supports_rope=True, fixed_sequence_length=False),
-    "performer": MixerCapabilities(returns_attention_weights=True, supports_rope=True, fixed_sequence_length=False),
-    "linformer": MixerCapabilities(returns_attention_weights=True, supports_rope=True, fixed_sequence_length=True),
-    "nystrom": MixerCapabilities(returns_attention_weights=True, supports_rope=True, fixed_sequence_length=False),
-    "fnet": MixerCapabilities(returns_attention_weights=False, supports_rope=False, fixed_sequence_length=False),
-    "mixer": MixerCapabilities(returns_attention_weights=False, supports_rope=False, fixed_sequence_length=True),
+    "softmax": _capabilities(weights=True, rope=True, fixed=False, bias=True),
+    "performer": _capabilities(weights=True, rope=True, fixed=False, bias=False),
+    "linformer": _capabilities(weights=True, rope=True, fixed=True, bias=True),
+    "nystrom": _capabilities(weights=True, rope=True, fixed=False, bias=True),
+    "fnet": _capabilities(weights=False, rope=False, fixed=False, bias=False),
+    "mixer": _capabilities(weights=False, rope=False, fixed=True, bias=False),
 }
 ATTENTION_MIXERS = tuple(name for name, can in MIXER_CAPABILITIES.items() if can.supports_rope)
 

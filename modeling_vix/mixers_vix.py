@@ -6,6 +6,17 @@ heads, head dim, token count), so one class serves a ViT layer and every stage o
 Every mixer has the same call: tokens `(B, N, C)` in, `(B, N, C)` out plus attention weights (or None), with
 optional RoPE tables `position_embeddings=(cos, sin)`; other keyword arguments (transformers' kwargs) pass through.
 
+The four attention mixers are projections around one kernel, `attend(query, key, value, attention_bias)`, which
+backbones with their own projections reuse (one implementation per mixer):
+- keys and values may come from other tokens than the queries, and be fewer or more of them (CvT's strided
+  conv projections give `key_states` / `value_states`; LeViT's shrink attention subsamples the queries);
+  `MixerShape.num_key_tokens` sizes what depends on the key count (Linformer's sequence projection);
+- `MixerShape(with_projections=False)` builds the kernel alone (LeViT projects q/k/v with BatchNorm itself);
+- `attention_bias` (heads or batch, heads, queries, keys) is added to the attention logits: exactly by softmax;
+  by Nystrom through its landmarks (each landmark's bias is the mean over the tokens it averages, on each of the
+  three softmaxes); by Linformer through the same sequence projection as its keys (a projected key's bias is the
+  projection of the keys' biases); FAVOR+ never forms the logits, so Performer refuses a bias (configs say so).
+
 Attention maps follow transformers v5: `attn_implementation="eager"` materialises and returns them (for the
 linear mixers too: their implicit N x keys map), while the default fused path (`sdpa`) returns None and warns
 once if `output_attentions` is asked for. FNet and MLP-Mixer have no map in any mode.
@@ -35,12 +46,26 @@ logger = logging.get_logger(__name__)
 @dataclass(frozen=True)
 class MixerShape:
     """The sizes of one layer's mixer: width, heads, channels per head, and tokens at the configured image size
-    (which Linformer's and MLP-Mixer's parameters are sized by)."""
+    (which Linformer's and MLP-Mixer's parameters are sized by).
+
+    num_key_tokens: keys (and values) per image when they differ from the queries (CvT's strided key/value
+        projection, LeViT's shrink attention); None = the same tokens as the queries.
+    scaling: the logit scale; None = head_dim ** -0.5 (CvT scales by its width ** -0.5).
+    with_projections: False builds the attention kernel alone (`attend`), for a backbone that projects q/k/v and
+        the output itself.
+    """
 
     hidden_size: int
     num_heads: int
     head_dim: int
     num_tokens: int
+    num_key_tokens: int | None = None
+    scaling: float | None = None
+    with_projections: bool = True
+
+    @property
+    def key_tokens(self) -> int:
+        return self.num_tokens if self.num_key_tokens is None else self.num_key_tokens
 
 
 def rotate_every_two(x: torch.Tensor) -> torch.Tensor:
@@ -124,40 +149,67 @@ class VixTokenMixer(nn.Module):
 
 
 class VixQKVMixer(VixTokenMixer):
-    """Shared projections of the attention mixers: q/k/v per head, optional RoPE on q and k, output o_proj."""
+    """Shared projections of the attention mixers: q/k/v per head, optional RoPE on q and k, output o_proj,
+    around the mixer's kernel `attend`."""
 
     def __init__(self, config, shape: MixerShape, kv_heads: int | None = None, value_projection: bool = True):
         super().__init__(config, shape)
         self.num_heads = shape.num_heads
         self.head_dim = shape.head_dim
         self.num_kv_heads = kv_heads or self.num_heads
-        self.scaling = self.head_dim**-0.5
+        self.scaling = self.head_dim**-0.5 if shape.scaling is None else shape.scaling
         self.attention_dropout = config.attention_probs_dropout_prob
         self.is_causal = False  # read by transformers' attention functions
-        hidden, inner, kv_inner = shape.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        self.q_proj = nn.Linear(hidden, inner, bias=config.qkv_bias)
-        self.k_proj = nn.Linear(hidden, kv_inner, bias=config.qkv_bias)
-        self.v_proj = nn.Linear(hidden, kv_inner, bias=config.qkv_bias) if value_projection else None
-        self.o_proj = nn.Linear(inner, hidden)
+        self.q_proj = self.k_proj = self.v_proj = self.o_proj = None
+        if shape.with_projections:
+            hidden, inner = shape.hidden_size, self.num_heads * self.head_dim
+            kv_inner = self.num_kv_heads * self.head_dim
+            self.q_proj = nn.Linear(hidden, inner, bias=config.qkv_bias)
+            self.k_proj = nn.Linear(hidden, kv_inner, bias=config.qkv_bias)
+            self.v_proj = nn.Linear(hidden, kv_inner, bias=config.qkv_bias) if value_projection else None
+            self.o_proj = nn.Linear(inner, hidden)
 
     def split_heads(self, projected: torch.Tensor) -> torch.Tensor:
         """(B, N, heads * D) -> (B, heads, N, D)."""
         return projected.unflatten(-1, (-1, self.head_dim)).transpose(1, 2)
 
-    def project_qkv(self, hidden_states, rope):
+    def project_qkv(self, hidden_states, rope, key_states=None, value_states=None):
         """Queries, keys and values as (B, H, N, D); RoPE rotates q and k (never v), as in RoFormer.
 
-        The three projections run as one GEMM on their concatenated weights: one 3C-wide product uses the
-        matmul units better than three C-wide ones (and one read of the input in backward instead of three).
+        Self-attention runs the three projections as one GEMM on their concatenated weights: one 3C-wide product
+        uses the matmul units better than three C-wide ones (and one read of the input in backward instead of
+        three). With separate `key_states` / `value_states` (B, Nk, C), or fewer key/value heads, each input gets
+        its own projection.
         """
-        projections = (self.q_proj, self.k_proj, self.v_proj)
-        weight = torch.cat([projection.weight for projection in projections])
-        bias = None if self.q_proj.bias is None else torch.cat([projection.bias for projection in projections])
-        qkv = F.linear(hidden_states, weight, bias)  # (B, N, 3 * H * D)
-        query, key, value = qkv.unflatten(-1, (3, self.num_heads, self.head_dim)).permute(2, 0, 3, 1, 4).unbind(0)
+        if key_states is not None or value_states is not None or self.num_kv_heads != self.num_heads:
+            key_states = hidden_states if key_states is None else key_states
+            value_states = key_states if value_states is None else value_states
+            query = self.split_heads(self.q_proj(hidden_states))
+            key, value = self.split_heads(self.k_proj(key_states)), self.split_heads(self.v_proj(value_states))
+        else:
+            projections = (self.q_proj, self.k_proj, self.v_proj)
+            weight = torch.cat([projection.weight for projection in projections])
+            bias = None if self.q_proj.bias is None else torch.cat([projection.bias for projection in projections])
+            qkv = F.linear(hidden_states, weight, bias)  # (B, N, 3 * H * D)
+            query, key, value = qkv.unflatten(-1, (3, self.num_heads, self.head_dim)).permute(2, 0, 3, 1, 4).unbind(0)
         if rope is not None:
             query, key = apply_rotary(query, *rope), apply_rotary(key, *rope)
         return query, key, value
+
+    def forward(
+        self, hidden_states, position_embeddings=None, key_states=None, value_states=None, attention_bias=None,
+        **kwargs,
+    ):
+        """Tokens (B, Nq, C) attend to `key_states` / `value_states` (B, Nk, C; default: themselves)."""
+        self.warn_if_maps_unavailable(kwargs)
+        query, key, value = self.project_qkv(hidden_states, position_embeddings, key_states, value_states)
+        context, weights = self.attend(query, key, value, attention_bias, **kwargs)
+        return self.merge_heads(context), weights
+
+    def attend(self, query, key, value, attention_bias=None, **kwargs):
+        """The kernel: q (B, H, Nq, D), k (B, H, Nk, D), v (B, H, Nk, Dv), bias broadcastable to (B, H, Nq, Nk)
+        -> context (B, H, Nq, Dv) and the (B, H, Nq, Nk) weights when they are materialised, else None."""
+        raise NotImplementedError
 
     def merge_heads(self, context: torch.Tensor) -> torch.Tensor:
         """(B, H, N, D) -> (B, N, C), then the output projection."""
@@ -173,13 +225,16 @@ class SoftmaxAttention(VixQKVMixer):
 
     capabilities = MIXER_CAPABILITIES["softmax"]
 
-    def forward(self, hidden_states, position_embeddings=None, **kwargs):
-        query, key, value = self.project_qkv(hidden_states, position_embeddings)
+    def attend(self, query, key, value, attention_bias=None, **kwargs):
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        mask = None
+        if attention_bias is not None:  # a float mask is added to the logits by every interface
+            mask = attention_bias.to(query.dtype)
+            mask = mask if mask.ndim == 4 else mask[None]  # (1 or B, H, Nq, Nk)
         context, weights = attention(
-            self, query, key, value, None, dropout=self.dropout_p, scaling=self.scaling, **kwargs
-        )  # context: (B, N, H, D)
-        return self.o_proj(context.flatten(2)), weights
+            self, query, key, value, mask, dropout=self.dropout_p, scaling=self.scaling, **kwargs
+        )  # context: (B, Nq, H, D)
+        return context.transpose(1, 2), weights
 
 
 def gaussian_orthogonal_random_matrix(num_rows: int, num_columns: int, generator=None) -> torch.Tensor:
@@ -250,7 +305,7 @@ class PerformerAttention(VixQKVMixer):
         phi(q).phi(k) ~ exp(q.k / sqrt(D))). Constant factors cancel between the output and its normaliser,
         so M^-1/2 is left out, and D^-1/4 is applied to the small (B, H, N, D) input, not to the maps.
         """
-        x = x * self.head_dim**-0.25
+        x = x * self.scaling**0.5  # D^-1/4 for the default scale
         projected = x @ self.projection_matrix.float().T  # (B, H, N, M)
         if self.kernel == "relu":
             return F.relu(projected) + 1e-3
@@ -281,9 +336,12 @@ class PerformerAttention(VixQKVMixer):
             return context
         return context, (query_features @ key_features.transpose(-1, -2)) / normaliser  # (B, H, N, N)
 
-    def forward(self, hidden_states, position_embeddings=None, **kwargs):
-        self.warn_if_maps_unavailable(kwargs)
-        query, key, value = self.project_qkv(hidden_states, position_embeddings)
+    def attend(self, query, key, value, attention_bias=None, **kwargs):
+        if attention_bias is not None:
+            raise ValueError(
+                "Performer (FAVOR+) never forms the attention logits, so it cannot add an attention bias; build the "
+                "backbone without one (e.g. LeViT's attention_bias=False) or use softmax, nystrom or linformer."
+            )
         input_dtype = value.dtype
         with torch.autocast(device_type=value.device.type, enabled=False):
             query, key, value = query.float(), key.float(), value.float()
@@ -297,7 +355,7 @@ class PerformerAttention(VixQKVMixer):
             else:
                 context = self.favor_attention(query, key, value)
         context = F.dropout(context.to(input_dtype), p=self.dropout_p, training=self.training)
-        return self.merge_heads(context), weights
+        return context, weights
 
 
 class LinformerAttention(VixQKVMixer):
@@ -317,7 +375,7 @@ class LinformerAttention(VixQKVMixer):
             config, shape, kv_heads=1 if config.linformer_one_kv_head else None,
             value_projection=not self.values_from_keys,
         )
-        self.seq_len = shape.num_tokens
+        self.seq_len = shape.key_tokens
         self.seq_proj_k = nn.Parameter(torch.empty(self.seq_len, config.linformer_k))
         self.seq_proj_v = (
             None if config.linformer_share_kv else nn.Parameter(torch.empty(self.seq_len, config.linformer_k))
@@ -330,32 +388,48 @@ class LinformerAttention(VixQKVMixer):
             if projection is not None:
                 init.uniform_(projection, -bound, bound)
 
-    def forward(self, hidden_states, position_embeddings=None, **kwargs):
-        self.warn_if_maps_unavailable(kwargs)
-        rope = position_embeddings
-        num_tokens = hidden_states.shape[1]
-        if num_tokens != self.seq_len:
-            raise ValueError(
-                f"Linformer projects exactly {self.seq_len} tokens (the image size and patch size of the config), "
-                f"but got {num_tokens}. Resize images to the configured `image_size`, or use another attention_type."
+    def forward(
+        self, hidden_states, position_embeddings=None, key_states=None, value_states=None, attention_bias=None,
+        **kwargs,
+    ):
+        if not self.values_from_keys:
+            return super().forward(
+                hidden_states, position_embeddings, key_states, value_states, attention_bias, **kwargs
             )
+        self.warn_if_maps_unavailable(kwargs)
+        key_states = hidden_states if key_states is None else key_states
         query = self.split_heads(self.q_proj(hidden_states))
-        key = self.split_heads(self.k_proj(hidden_states))  # (B, kv_heads, N, D)
-        value = key if self.values_from_keys else self.split_heads(self.v_proj(hidden_states))
-        if rope is not None:  # values keep the unrotated keys when V = K, as in the paper's code
-            query, key = apply_rotary(query, *rope), apply_rotary(key, *rope)
+        key = self.split_heads(self.k_proj(key_states))  # (B, kv_heads, Nk, D)
+        value = key  # values keep the unrotated keys, as in the paper's code
+        if position_embeddings is not None:
+            query, key = apply_rotary(query, *position_embeddings), apply_rotary(key, *position_embeddings)
+        context, weights = self.attend(query, key, value, attention_bias, **kwargs)
+        return self.merge_heads(context), weights
+
+    def attend(self, query, key, value, attention_bias=None, **kwargs):
+        num_keys = key.shape[-2]
+        if num_keys != self.seq_len:
+            raise ValueError(
+                f"Linformer projects exactly {self.seq_len} tokens of keys (the image size and patch size of the "
+                f"config), but got {num_keys}. Resize images to the configured `image_size`, or use another "
+                "attention_type."
+            )
         seq_proj_v = self.seq_proj_k if self.seq_proj_v is None else self.seq_proj_v
         key = torch.einsum("bhnd,nk->bhkd", key, self.seq_proj_k.to(key.dtype))  # (B, kv_heads, k, D)
         value = torch.einsum("bhnd,nk->bhkd", value, seq_proj_v.to(value.dtype))
         key = key.expand(-1, self.num_heads, -1, -1)
         value = value.expand(-1, self.num_heads, -1, -1)
+        mask = None
+        if attention_bias is not None:  # a projected key's bias: the same projection of the keys' biases
+            mask = (attention_bias.to(query.dtype) @ self.seq_proj_k.to(query.dtype))  # (.., H, Nq, k)
+            mask = mask if mask.ndim == 4 else mask[None]
         if self.materialize_attention_maps:
-            context, weights = eager_attention_forward(self, query, key, value, None, self.scaling, self.dropout_p)
-            context = context.transpose(1, 2)  # back to (B, H, N, D)
-        else:
-            context = F.scaled_dot_product_attention(query, key, value, dropout_p=self.dropout_p, scale=self.scaling)
-            weights = None
-        return self.merge_heads(context), weights
+            context, weights = eager_attention_forward(self, query, key, value, mask, self.scaling, self.dropout_p)
+            return context.transpose(1, 2), weights  # back to (B, H, Nq, D)
+        context = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=mask, dropout_p=self.dropout_p, scale=self.scaling
+        )
+        return context, None
 
 
 def iterative_pinv(matrix: torch.Tensor, iterations: int, per_matrix_scale: bool) -> torch.Tensor:
@@ -448,7 +522,8 @@ class NystromAttention(VixQKVMixer):
         self.per_matrix_pinv_scale = config.nystrom_pinv_scale == "per_head"
         kernel = config.nystrom_residual_conv_kernel
         self.residual_conv = None
-        if kernel > 0:
+        # The conv adds a value per query token, so it exists only where queries and keys are the same tokens.
+        if kernel > 0 and shape.key_tokens == shape.num_tokens:
             self.residual_conv = nn.Conv2d(
                 self.num_heads, self.num_heads, (kernel, 1), padding=(kernel // 2, 0), groups=self.num_heads, bias=False
             )
@@ -462,46 +537,75 @@ class NystromAttention(VixQKVMixer):
             )
         return iterative_pinv(kernel, self.pinv_iterations, self.per_matrix_pinv_scale)
 
-    def forward(self, hidden_states, position_embeddings=None, **kwargs):
+    def forward(
+        self, hidden_states, position_embeddings=None, key_states=None, value_states=None, attention_bias=None,
+        **kwargs,
+    ):
+        num_tokens = hidden_states.shape[1]
+        if not self.pad_zeros_front or num_tokens % self.num_landmarks == 0:
+            return super().forward(
+                hidden_states, position_embeddings, key_states, value_states, attention_bias, **kwargs
+            )
+        # Compatibility: zero tokens prepended to the self-attention input, as the official code does.
+        if key_states is not None or value_states is not None or attention_bias is not None:
+            raise ValueError(
+                "nystrom_padding='zeros_front' reproduces the official ViN's self-attention only; use the default "
+                "nystrom_padding='none' with separate keys and values or an attention bias."
+            )
         self.warn_if_maps_unavailable(kwargs)
         rope = position_embeddings
-        num_tokens = hidden_states.shape[1]
-        num_padding = 0
-        if self.pad_zeros_front and num_tokens % self.num_landmarks:
-            num_padding = self.num_landmarks - num_tokens % self.num_landmarks
-            hidden_states = F.pad(hidden_states, (0, 0, num_padding, 0))
-            if rope is not None:  # padded tokens get the identity rotation
-                cos, sin = rope
-                rope = (F.pad(cos, (0, 0, num_padding, 0), value=1.0), F.pad(sin, (0, 0, num_padding, 0)))
+        num_padding = self.num_landmarks - num_tokens % self.num_landmarks
+        hidden_states = F.pad(hidden_states, (0, 0, num_padding, 0))
+        if rope is not None:  # padded tokens get the identity rotation
+            cos, sin = rope
+            rope = (F.pad(cos, (0, 0, num_padding, 0), value=1.0), F.pad(sin, (0, 0, num_padding, 0)))
         query, key, value = self.project_qkv(hidden_states, rope)
-        num_landmarks = min(self.num_landmarks, query.shape[-2])
+        context, weights = self.attend(query, key, value, **kwargs)
+        output = self.merge_heads(context)[:, num_padding:]
+        weights = None if weights is None else weights[..., num_padding:, num_padding:]
+        return output, weights
+
+    def attend(self, query, key, value, attention_bias=None, **kwargs):
+        num_landmarks = min(self.num_landmarks, query.shape[-2], key.shape[-2])
         query_landmarks = segment_means(query, num_landmarks)  # (B, H, m, D)
         key_landmarks = segment_means(key, num_landmarks)
+        # A landmark's bias is the mean bias of the tokens it averages: over keys (left), queries (right), both.
+        left_bias = right_bias = kernel_bias = None
+        if attention_bias is not None:
+            bias = attention_bias.float()
+            left_bias = segment_means(bias.transpose(-1, -2), num_landmarks).transpose(-1, -2)  # (.., Nq, m)
+            right_bias = segment_means(bias, num_landmarks)  # (.., m, Nk)
+            kernel_bias = segment_means(right_bias.transpose(-1, -2), num_landmarks).transpose(-1, -2)  # (.., m, m)
 
         input_dtype = value.dtype
         with torch.autocast(device_type=value.device.type, enabled=False):
             # The m x m kernel and its pseudo-inverse need fp32: the iteration cubes the matrix.
-            kernel = torch.softmax(query_landmarks.float() @ key_landmarks.float().transpose(-1, -2) * self.scaling, -1)
+            logits = query_landmarks.float() @ key_landmarks.float().transpose(-1, -2) * self.scaling
+            kernel = torch.softmax(logits if kernel_bias is None else logits + kernel_bias, -1)
             kernel_pinv = self.pseudo_inverse(kernel)  # (B, H, m, m)
 
         if self.materialize_attention_maps:
-            left = torch.softmax(query @ key_landmarks.transpose(-1, -2) * self.scaling, -1, dtype=torch.float32)
-            right = torch.softmax(query_landmarks @ key.transpose(-1, -2) * self.scaling, -1, dtype=torch.float32)
-            weights = (left @ kernel_pinv @ right).to(input_dtype)  # (B, H, N, N)
+            left = (query @ key_landmarks.transpose(-1, -2) * self.scaling).float()
+            right = (query_landmarks @ key.transpose(-1, -2) * self.scaling).float()
+            if attention_bias is not None:
+                left, right = left + left_bias, right + right_bias
+            weights = (left.softmax(-1) @ kernel_pinv @ right.softmax(-1)).to(input_dtype)  # (B, H, Nq, Nk)
             context = weights @ value
         else:
-            landmark_context = F.scaled_dot_product_attention(query_landmarks, key, value, scale=self.scaling)
-            landmark_context = (kernel_pinv @ landmark_context.float()).to(input_dtype)  # (B, H, m, D)
-            context = F.scaled_dot_product_attention(query, key_landmarks, landmark_context, scale=self.scaling)
+            if attention_bias is not None:
+                left_bias, right_bias = left_bias.to(input_dtype), right_bias.to(input_dtype)
+            landmark_context = F.scaled_dot_product_attention(
+                query_landmarks, key, value, attn_mask=right_bias, scale=self.scaling
+            )
+            landmark_context = (kernel_pinv @ landmark_context.float()).to(input_dtype)  # (B, H, m, Dv)
+            context = F.scaled_dot_product_attention(
+                query, key_landmarks, landmark_context, attn_mask=left_bias, scale=self.scaling
+            )
             weights = None
         if self.residual_conv is not None:  # weight (H, 1, K, 1), kept in Conv2d form for checkpoints
             context = context + depthwise_token_conv(value, self.residual_conv.weight[:, 0, :, 0])
         context = F.dropout(context, p=self.dropout_p, training=self.training)
-        output = self.merge_heads(context)
-        if num_padding:
-            output = output[:, num_padding:]
-            weights = None if weights is None else weights[..., num_padding:, num_padding:]
-        return output, weights
+        return context, weights
 
 
 class RealFourierTransform2d(torch.autograd.Function):
