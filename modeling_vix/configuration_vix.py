@@ -198,6 +198,22 @@ class VixMixerConfig(PreTrainedConfig):
         if self.mixer_token_expansion <= 0:
             raise ValueError(f"mixer_token_expansion must be positive; got {self.mixer_token_expansion}.")
 
+    def require_attention_with_queries_and_keys(self, backbone: str, why: str) -> None:
+        """For backbones whose attention is more than token mixing (CvT's conv projections, LeViT's attention bias
+        and shrink attention): only the attention mixers, and none of the ViT-only compatibility settings."""
+        if self.attention_type not in ATTENTION_MIXERS:
+            raise ValueError(
+                f"{backbone} needs an attention mixer ({', '.join(ATTENTION_MIXERS)}): {why}; "
+                f"attention_type={self.attention_type!r} has no queries, keys or values."
+            )
+        changed = [name for name in ("nystrom_padding", "linformer_one_kv_head", "linformer_values_from_keys")
+                   if getattr(self, name) != COMPATIBILITY_DEFAULTS[name]]
+        if changed:
+            raise ValueError(
+                f"{', '.join(changed)} reproduce the authors' ViT code only; {backbone} keeps their defaults "
+                f"({', '.join(f'{name}={COMPATIBILITY_DEFAULTS[name]!r}' for name in changed)})."
+            )
+
     def check_rope(self, position_embedding_type: str, head_dims) -> None:
         """RoPE needs queries and keys, and pairs (1D) or quadruples (2D) of channels in every head."""
         if not position_embedding_type.startswith("rope"):
