@@ -5,8 +5,8 @@
     python -m model_cards.publish --results outputs/cpu/results.json --repo_prefix user/vix- --dry_run
 """
 
-from .card import build_model_card, variant_name, write_model_card
+from .card import build_model_card, inherited_base_model, variant_name, write_model_card
 from .index import build_index_card
 
 
-__all__ = ["build_index_card", "build_model_card", "variant_name", "write_model_card"]
+__all__ = ["build_index_card", "build_model_card", "inherited_base_model", "variant_name", "write_model_card"]

@@ -499,6 +499,17 @@ def read_folder(folder) -> tuple[dict, dict, dict]:
     return config, metrics, recipe
 
 
+def inherited_base_model(model_name_or_path: str | None) -> str | None:
+    """The Hub model a run starts from: a Hub id itself; for a local folder, the Hub model its weights were
+    converted (conversion.json) or fine-tuned (metrics.json) from, so a converted-then-fine-tuned card names it."""
+    folder = _local_path(model_name_or_path)
+    if folder is None:
+        return base_model_of(model_name_or_path)
+    metrics_path = folder / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    return base_model_of((read_conversion(folder) or {}).get("base_model"), metrics.get("base_model"))
+
+
 def read_conversion(folder) -> dict | None:
     """The converter's record in a folder (source, base model, measured parity, notes), None for trained weights."""
     path = Path(folder) / CONVERSION_RECORD

@@ -8,7 +8,7 @@ import pytest
 from huggingface_hub import ModelCard, ModelCardData
 
 from conftest import tiny_config
-from model_cards import build_index_card, build_model_card, write_model_card
+from model_cards import build_index_card, build_model_card, inherited_base_model, write_model_card
 from model_cards.measure import measure_architecture
 from model_cards.rebuild import main as rebuild_main
 from modeling_vix import VixForImageClassification, VixImageProcessor
@@ -126,6 +126,25 @@ def test_base_model_from_fine_tune_recipe(tmp_path):
     assert fine_tuned.data.base_model == "google/vit-base-patch16-224"
     local_parent = build_model_card(config_dict(), METRICS, {**RECIPE, "model_name_or_path": str(tmp_path)})
     assert local_parent.data.base_model is None and f"Fine-tuned from `{tmp_path}`" in local_parent.text
+
+
+def test_fine_tune_of_a_converted_folder_names_the_converted_hub_model(tmp_path):
+    """A local parent does not name a Hub model, but the Hub model it was converted (or fine-tuned) from does:
+    training records it in metrics.json, and the card states it."""
+    converted = tmp_path / "levin-128S"
+    converted.mkdir()
+    assert inherited_base_model(str(converted)) is None  # a local folder with no record names nothing
+    (converted / "conversion.json").write_text(json.dumps({"source": "x", "base_model": "facebook/levit-128S"}))
+    assert inherited_base_model(str(converted)) == "facebook/levit-128S"
+    assert inherited_base_model("microsoft/cvt-13") == "microsoft/cvt-13"
+    fine_tuned = tmp_path / "fine-tuned"
+    fine_tuned.mkdir()
+    (fine_tuned / "metrics.json").write_text(json.dumps({"base_model": "facebook/levit-128S"}))
+    assert inherited_base_model(str(fine_tuned)) == "facebook/levit-128S"  # and again for a fine-tune of that
+
+    card = build_model_card(config_dict(), {**METRICS, "base_model": inherited_base_model(str(converted))},
+                            {**RECIPE, "model_name_or_path": str(converted)})
+    assert card.data.base_model == "facebook/levit-128S" and "Fine-tuned from `facebook/levit-128S`" in card.text
 
 
 def test_converted_folders_get_the_same_card_builder_and_tags(tmp_path):

@@ -387,10 +387,11 @@ def run(argv=None, callbacks=None):
     })
     if trainer.is_world_process_zero():
         if __package__.startswith("vix."):  # installed: vix.training, whose sibling is vix.model_cards
-            from ..model_cards import write_model_card
+            from ..model_cards import inherited_base_model, write_model_card
         else:  # the checkout's top-level packages (a try/except ImportError would hide e.g. a missing jinja2)
-            from model_cards import write_model_card
+            from model_cards import inherited_base_model, write_model_card
 
+        metrics["base_model"] = inherited_base_model(settings.job.model_name_or_path)
         recipe = recipe_dict(settings)
         write_recipe(final_dir / "recipe.yaml", recipe)
         (final_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
