@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 import modeling_vix
@@ -139,6 +140,29 @@ def test_flags_on_the_command_line_and_config_overrides(tmp_path):
     assert model.config.layer_norm_eps == 1e-6 and model.config.attention_type == "mixer"
     with pytest.raises(UsageError, match="--config_overrides"):
         build_model(parse_args(["--config_overrides", "no_such_field=1", "--output_dir", str(tmp_path)]), ["a"])
+
+
+def test_config_overrides_on_a_checkpoint_build_the_new_mixer_and_keep_the_shared_weights(tmp_path):
+    """Fine-tuning a softmax checkpoint with `--config_overrides attention_type=nystrom` builds Nystrom mixers (not
+    a softmax model whose config says nystrom) carrying every q/k/v/o tensor: the warm start of issue 12."""
+    from conftest import tiny_config
+    from training.train import build_model
+
+    source = modeling_vix.VixForImageClassification(tiny_config(num_labels=2))
+    source.save_pretrained(tmp_path / "softmax")
+    settings = parse_args(["--model_name_or_path", str(tmp_path / "softmax"), "--output_dir", str(tmp_path / "out"),
+                           "--config_overrides", "attention_type=nystrom,nystrom_num_landmarks=8"])
+    model, _ = build_model(settings, ["a", "b"])
+    mixer = model.vix.layers[0].attention
+    assert type(mixer).__name__ == "NystromAttention" and mixer.num_landmarks == 8
+    shared = source.state_dict()
+    for name, tensor in model.state_dict().items():
+        if name in shared:
+            assert torch.equal(tensor, shared[name]), name
+    with pytest.raises(UsageError, match="--config_overrides on .*fnet"):
+        build_model(parse_args(["--model_name_or_path", str(tmp_path / "softmax"), "--output_dir",
+                                str(tmp_path / "out"), "--config_overrides",
+                                "attention_type=fnet,position_embedding_type=rope_1d"]), ["a", "b"])
 
 
 # --- recipes --------------------------------------------------------------------------------------------

@@ -35,7 +35,9 @@ from typing import NamedTuple
 
 import evaluate
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from transformers import (
+    AutoConfig,
     AutoImageProcessor,
     AutoModelForImageClassification,
     DefaultDataCollator,
@@ -262,12 +264,22 @@ def image_size_hw(config) -> tuple[int, int]:
 
 
 def load_pretrained(job: JobArguments, labels, label_kwargs):
-    model = AutoModelForImageClassification.from_pretrained(
-        job.model_name_or_path, num_labels=len(labels), **label_kwargs,
-        ignore_mismatched_sizes=job.ignore_mismatched_sizes, trust_remote_code=job.trust_remote_code,
+    """The checkpoint's model, with --config_overrides applied to its config before the model is built: a changed
+    mixer (e.g. `attention_type=nystrom` on a softmax checkpoint) is built as such, takes every tensor the two
+    share, and initialises only its own new parameters (the warm start of a linear-attention fine-tune)."""
+    config = AutoConfig.from_pretrained(
+        job.model_name_or_path, num_labels=len(labels), **label_kwargs, trust_remote_code=job.trust_remote_code
     )
     if job.config_overrides:
-        model.config.update_from_string(job.config_overrides)
+        try:
+            config.update_from_string(job.config_overrides)
+            config.validate_architecture()
+        except (ValueError, TypeError, StrictDataclassError) as error:
+            raise UsageError(f"--config_overrides on {job.model_name_or_path}: {one_line(error)}") from error
+    model = AutoModelForImageClassification.from_pretrained(
+        job.model_name_or_path, config=config, ignore_mismatched_sizes=job.ignore_mismatched_sizes,
+        trust_remote_code=job.trust_remote_code,
+    )
     try:
         processor = AutoImageProcessor.from_pretrained(job.model_name_or_path, trust_remote_code=job.trust_remote_code)
     except OSError:
