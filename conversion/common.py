@@ -522,13 +522,13 @@ def parse_arguments(parser: HfArgumentParser, argv=None) -> tuple:
     return tuple(parsed)
 
 
-def parse_config_overrides(text: str | None) -> dict:
+def parse_config_overrides(text: str | None, config_class=VixConfig) -> dict:
     """`"key=value,key=value"` -> {key: value}, read exactly as `PreTrainedConfig.update_from_string` (training's
-    `--config_overrides`) reads it: applied to a default VixConfig, so unknown keys are refused and each value
-    takes the type of the field's default."""
+    `--config_overrides`) reads it: applied to a default `config_class` (the target backbone's config), so unknown
+    keys are refused and each value takes the type of the field's default."""
     if not text:
         return {}
-    config = VixConfig()
+    config = config_class()
     try:
         config.update_from_string(text)
     except (ValueError, TypeError, StrictDataclassError) as error:

@@ -47,7 +47,6 @@ from .common import (
     check_output_dir,
     check_tolerance,
     drop,
-    first_line,
     load_strict,
     logit_parity,
     make_parser,
@@ -61,6 +60,7 @@ from .common import (
     source_label,
     write_folder,
 )
+from .transformers_sources import load_classifier, processor_settings, read_processor
 
 
 SUPPORTED_MODEL_TYPES = ("vit", "deit")
@@ -71,7 +71,7 @@ VIT_NORMALIZATION = (0.5, 0.5, 0.5)
 
 def load_source(source, revision=None):
     """(model, hub id or None) from a model instance, a local folder or a Hub id."""
-    from transformers import AutoConfig, AutoModelForImageClassification, DeiTForImageClassificationWithTeacher
+    from transformers import AutoModelForImageClassification, DeiTForImageClassificationWithTeacher
 
     if not isinstance(source, (str, Path)):
         model_type = getattr(getattr(source, "config", None), "model_type", None)
@@ -80,64 +80,17 @@ def load_source(source, revision=None):
                                   f"(model_type {model_type!r}); this converter takes transformers ViT and DeiT image "
                                   "classifiers.")
         return source.eval(), None
-    config = load_or_refuse(AutoConfig.from_pretrained, source, revision=revision)  # no trust_remote_code: no code runs
-    if config.model_type not in SUPPORTED_MODEL_TYPES:
-        raise ConversionError(f"Unsupported source architecture: model_type {config.model_type!r} "
-                              f"({', '.join(config.architectures or [])}); this converter takes ViT and DeiT.")
-    architectures = config.architectures or []
-    model_class = (DeiTForImageClassificationWithTeacher if "DeiTForImageClassificationWithTeacher" in architectures
-                   else AutoModelForImageClassification)
-    # ignore_mismatched_sizes=True only so that a tensor of the wrong shape comes back in `info` (and is refused
-    # below with its name) instead of as an error that points at a load report.
-    model, info = load_or_refuse(model_class.from_pretrained, source, revision=revision, output_loading_info=True,
-                                 ignore_mismatched_sizes=True)
-    problems = {name: info.get(name) for name in ("missing_keys", "unexpected_keys", "mismatched_keys")
-                if info.get(name)}
-    if problems:
-        raise ConversionError(
-            f"{source} does not load strictly into {type(model).__name__} (checkpoint architectures {architectures}): "
-            + "; ".join(f"{name}: {sorted(map(str, keys))[:8]}" for name, keys in problems.items())
-            + ". A backbone without a classification head, or a tensor of the wrong shape, cannot be converted."
-        )
-    hub_id = None if Path(str(source)).exists() else str(source)
-    return model.eval(), hub_id
-
-
-def load_or_refuse(from_pretrained, source, **kwargs):
-    """`from_pretrained(source, ...)`, with whatever it raises on a broken source (a truncated checkpoint, an
-    unreadable config, a missing folder) turned into one ConversionError line naming it. transformers' progress
-    bars and load report are silenced meanwhile: the caller reports what went wrong itself."""
-    from transformers.utils import logging
-
-    verbosity, progress = logging.get_verbosity(), logging.is_progress_bar_enabled()
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-    try:
-        return from_pretrained(source, **kwargs)
-    except Exception as error:  # the source is user input: every failure to read it is the user's to fix
-        raise ConversionError(f"{source} cannot be loaded as a transformers ViT / DeiT checkpoint "
-                              f"({first_line(error)}); nothing was written.") from None
-    finally:
-        logging.set_verbosity(verbosity)
-        if progress:
-            logging.enable_progress_bar()
+    return load_classifier(
+        source, revision, what="ViT / DeiT", model_types=SUPPORTED_MODEL_TYPES,
+        default_class=AutoModelForImageClassification,
+        classes_by_architecture={"DeiTForImageClassificationWithTeacher": DeiTForImageClassificationWithTeacher},
+    )
 
 
 def source_processor_settings(source, revision=None) -> dict:
     """Mean / std / resampling of the source's image processor (ViT's defaults when it has none)."""
-    settings = {"image_mean": VIT_NORMALIZATION, "image_std": VIT_NORMALIZATION}
-    if isinstance(source, (str, Path)):
-        try:
-            from transformers import AutoImageProcessor
-
-            processor = AutoImageProcessor.from_pretrained(source, revision=revision)
-        except Exception:  # no preprocessor_config.json: keep ViT's defaults
-            return settings
-        for name in ("image_mean", "image_std", "resample", "rescale_factor", "do_rescale", "do_normalize"):
-            value = getattr(processor, name, None)
-            if value is not None:
-                settings[name] = value
-    return settings
+    defaults = {"image_mean": VIT_NORMALIZATION, "image_std": VIT_NORMALIZATION}
+    return processor_settings(read_processor(source, revision), defaults)
 
 
 def vix_config(source_config, attention_type: str, image_size, options: dict, keep_distillation: bool = False,

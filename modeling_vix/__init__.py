@@ -1,10 +1,10 @@
 """ViX: vision transformers with switchable efficient attention, as a transformers model family.
 
 One config class and `model_type` per backbone, as transformers does: `vix` (the ViT), `vix_cct` (CCT) and
-`vix_pit` (PiT), all sharing the mixer settings of `VixMixerConfig`. Importing the package registers them with
-the Auto classes, and makes `save_pretrained` write an `auto_map` for AutoConfig, AutoModel,
-AutoModelForImageClassification and AutoImageProcessor, with the modeling files beside the weights, so a saved
-folder also loads with `trust_remote_code=True` where this package is not installed.
+`vix_pit` (PiT), `vix_cvt` (CvT), `vix_levit` (LeViT), all sharing the mixer settings of `VixMixerConfig`.
+Importing the package registers them with the Auto classes, and makes `save_pretrained` write an `auto_map` for
+AutoConfig, AutoModel, AutoModelForImageClassification and AutoImageProcessor, with the modeling files beside the
+weights, so a saved folder also loads with `trust_remote_code=True` where this package is not installed.
 """
 
 from transformers import (
@@ -16,10 +16,14 @@ from transformers import (
 
 from .configuration_vix import MIXER_CAPABILITIES, VixConfig, VixMixerConfig
 from .configuration_vix_cct import VixCctConfig
+from .configuration_vix_cvt import VixCvtConfig
+from .configuration_vix_levit import VixLevitConfig
 from .configuration_vix_pit import VixPitConfig
 from .image_processing_vix import VixImageProcessor
 from .modeling_vix import VixForImageClassification, VixModel, VixPreTrainedModel
 from .modeling_vix_cct import VixCctForImageClassification, VixCctModel
+from .modeling_vix_cvt import VixCvtForImageClassification, VixCvtModel
+from .modeling_vix_levit import VixLevitForImageClassification, VixLevitModel
 from .modeling_vix_pit import VixPitForImageClassification, VixPitModel
 
 
@@ -28,6 +32,8 @@ BACKBONES = {
     "vix": (VixConfig, VixModel, VixForImageClassification),
     "vix_cct": (VixCctConfig, VixCctModel, VixCctForImageClassification),
     "vix_pit": (VixPitConfig, VixPitModel, VixPitForImageClassification),
+    "vix_cvt": (VixCvtConfig, VixCvtModel, VixCvtForImageClassification),
+    "vix_levit": (VixLevitConfig, VixLevitModel, VixLevitForImageClassification),
 }
 BACKBONE_CONFIGS = {model_type: classes[0] for model_type, classes in BACKBONES.items()}
 
@@ -49,8 +55,14 @@ __all__ = [
     "VixCctForImageClassification",
     "VixCctModel",
     "VixConfig",
+    "VixCvtConfig",
+    "VixCvtForImageClassification",
+    "VixCvtModel",
     "VixForImageClassification",
     "VixImageProcessor",
+    "VixLevitConfig",
+    "VixLevitForImageClassification",
+    "VixLevitModel",
     "VixMixerConfig",
     "VixModel",
     "VixPitConfig",

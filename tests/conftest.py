@@ -112,6 +112,34 @@ def tiny_pit_config(**overrides):
     return VixPitConfig(**settings)
 
 
+def tiny_levit_config(**overrides):
+    """A tiny LeViT: patch 4 (2 stem convs) on 32x32 -> 8x8 tokens, shrunk to 4x4 and 2x2; widths 16, 24, 32, one
+    block per stage, key dim 8."""
+    from modeling_vix import VixLevitConfig
+
+    settings = dict(
+        image_size=32, patch_size=4, hidden_sizes=[16, 24, 32], num_attention_heads=[2, 3, 4], depths=[1, 1, 1],
+        key_dim=[8, 8, 8], nystrom_num_landmarks=8, linformer_k=8, nystrom_residual_conv_kernel=5, num_labels=10,
+    )
+    settings.update(overrides)
+    return VixLevitConfig(**settings)
+
+
+def tiny_cvt_config(**overrides):
+    """A tiny CvT: conv embeddings (3x3, stride 2) on 32x32 -> 16x16, 8x8 and 4x4 + cls tokens; widths 16, 32, 48,
+    depths 1, 1, 2; keys and values at stride 1 in the first stage (Nystrom's residual conv exists there), then 2."""
+    from modeling_vix import VixCvtConfig
+
+    settings = dict(
+        image_size=32, hidden_sizes=[16, 32, 48], depths=[1, 1, 2], num_attention_heads=[1, 2, 3],
+        patch_sizes=[3, 3, 3], patch_stride=[2, 2, 2], patch_padding=[1, 1, 1], mlp_ratio=[2.0, 2.0, 2.0],
+        stride_kv=[1, 2, 2], drop_path_rate=[0.0, 0.0, 0.1], nystrom_num_landmarks=8, linformer_k=8,
+        nystrom_residual_conv_kernel=5, num_labels=10,
+    )
+    settings.update(overrides)
+    return VixCvtConfig(**settings)
+
+
 class logged_warnings:
     """`with logged_warnings() as messages:` collects the messages logged at WARNING or above by transformers' and
     ViX's loggers inside the block. `warning_once`'s memory is cleared on entry, so a warning already given earlier

@@ -20,7 +20,14 @@ from huggingface_hub.errors import StrictDataclassFieldValidationError
 from safetensors.torch import load_file
 
 import modeling_vix
-from conftest import run_without_package, tiny_cct_config, tiny_config, tiny_pit_config
+from conftest import (
+    run_without_package,
+    tiny_cct_config,
+    tiny_config,
+    tiny_cvt_config,
+    tiny_levit_config,
+    tiny_pit_config,
+)
 from modeling_vix import (
     BACKBONES,
     MIXER_CAPABILITIES,
@@ -164,6 +171,11 @@ COMPILE_CASES = [
     pytest.param("cct", "performer", "inductor", id="cct-performer-inductor"),
     pytest.param("pit", "fnet", "inductor", id="pit-fnet-inductor"),
 ]
+# CvT: the attention mixers only (its config refuses fnet and mixer), traced with aot_eager.
+COMPILE_BUILDERS["cvt"] = lambda attention: modeling_vix.VixCvtForImageClassification(
+    tiny_cvt_config(attention_type=attention, depths=[1, 1, 1]))
+COMPILE_CASES += [pytest.param("cvt", attention, "aot_eager", id=f"cvt-{attention}-aot_eager")
+                  for attention in ("softmax", "performer", "linformer", "nystrom")]
 
 
 @pytest.mark.parametrize("backbone,attention,backend", COMPILE_CASES)
@@ -336,7 +348,8 @@ def test_rope_frequencies_are_refilled_after_from_pretrained(tmp_path, name):
 # (f) Value checks name the field
 # --------------------------------------------------------------------------------------------------------------
 
-CONFIG_CLASSES = {"vix": VixConfig, "vix_cct": VixCctConfig, "vix_pit": VixPitConfig}
+CONFIG_CLASSES = {"vix": VixConfig, "vix_cct": VixCctConfig, "vix_pit": VixPitConfig,
+                  "vix_levit": modeling_vix.VixLevitConfig, "vix_cvt": modeling_vix.VixCvtConfig}
 BAD_VALUES = [
     ("rope_theta", 0), ("rope_theta", -1.0),
     ("layer_norm_eps", 0.0), ("layer_norm_eps", -1.0), ("layer_norm_eps", 0), ("layer_norm_eps", -1),
@@ -357,7 +370,8 @@ def test_bad_value_is_refused_naming_the_field(model_type, field, value):
 
 @pytest.mark.parametrize("model_type", list(BACKBONES))
 def test_empty_batch_is_refused_naming_pixel_values(model_type):
-    configs = {"vix": tiny_config, "vix_cct": tiny_cct_config, "vix_pit": tiny_pit_config}
+    configs = {"vix": tiny_config, "vix_cct": tiny_cct_config, "vix_pit": tiny_pit_config,
+               "vix_levit": tiny_levit_config, "vix_cvt": tiny_cvt_config}
     model = BACKBONES[model_type][2](configs[model_type]()).eval()
     with pytest.raises(ValueError, match=r"pixel_values is an empty batch \(0 images\)"):
         model(torch.empty(0, 3, 32, 32))

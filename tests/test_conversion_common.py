@@ -221,7 +221,8 @@ def test_real_images_without_the_cifar10_copy(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------------------
 
 CONVERTER_MODULES = (
-    "conversion.from_vision_xformer", "conversion.from_vit_pytorch", "conversion.from_transformers_vit"
+    "conversion.from_vision_xformer", "conversion.from_vit_pytorch", "conversion.from_transformers_vit",
+    "conversion.from_transformers",
 )
 
 

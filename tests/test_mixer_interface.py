@@ -10,6 +10,7 @@ from conftest import tiny_config
 from modeling_vix.configuration_vix import MIXER_CAPABILITIES
 from modeling_vix.mixers_vix import MIXERS, MixerShape
 
+
 HEADS, HEAD_DIM, QUERIES, KEYS = 2, 8, 12, 5
 ATTENTION_MIXERS = ("softmax", "performer", "linformer", "nystrom")
 
