@@ -38,7 +38,8 @@ MIXER_SUMMARIES = {
 }
 POSITION_SUMMARIES = {"learned": "learned position embeddings", "rope_1d": "rotary position embeddings over the "
                       "raster index (RoPE, as in the paper)", "rope_2d": "axial 2D rotary position embeddings",
-                      "none": "no position embeddings"}
+                      "none": "no position embeddings",
+                      "attention_bias": "a learned attention bias per head and relative offset (LeViT)"}
 MIXER_FIELD_PREFIXES = {"performer": "performer_", "linformer": "linformer_", "nystrom": "nystrom_", "mixer": "mixer_"}
 CITATION = """@inproceedings{jeevan2022vix,
   title     = {Resource-efficient Hybrid X-formers for Vision},
@@ -63,16 +64,37 @@ BACKBONE_NAMES = {
                 "mixer": "CCT-MLP-Mixer"},
     "vix_pit": {"softmax": "PiT", "nystrom": "PiN", "performer": "PiP", "linformer": "PiL", "fnet": "PiT-FNet",
                 "mixer": "PiT-MLP-Mixer"},
+    "vix_cvt": {"softmax": "CvT", "nystrom": "CvN", "performer": "CvP", "linformer": "CvL"},
+    "vix_levit": {"softmax": "LeViT", "nystrom": "LeViN", "performer": "LeViP", "linformer": "LeViL"},
 }
 
 
-BACKBONE_TAGS = {"vix": "vit", "vix_cct": "cct", "vix_pit": "pit"}
+BACKBONE_TAGS = {"vix": "vit", "vix_cct": "cct", "vix_pit": "pit", "vix_cvt": "cvt", "vix_levit": "levit"}
 ARCHITECTURES = {"vix": "a ViT", "vix_cct": "a Compact Convolutional Transformer (CCT, Hassani et al. 2021)",
-                 "vix_pit": "a Pooling-based Vision Transformer (PiT, Heo et al. 2021)"}
+                 "vix_pit": "a Pooling-based Vision Transformer (PiT, Heo et al. 2021)",
+                 "vix_cvt": "a Convolutional vision Transformer (CvT, Wu et al. 2021)",
+                 "vix_levit": "LeViT (Graham et al. 2021)"}
+STAGED_BACKBONES = ("vix_pit", "vix_cvt", "vix_levit")  # token counts and sizes per stage
 
 
 def backbone(config: dict) -> str:
     return config.get("model_type") or "vix"
+
+
+def position_kind(config: dict) -> str:
+    """How a model knows where tokens are: the `position_embedding_type` of ViT, CCT and PiT; LeViT's attention
+    bias; none for CvT, whose convolutions see the layout."""
+    if backbone(config) == "vix_levit":
+        return "attention_bias" if config.get("attention_bias", True) else "none"
+    return config.get("position_embedding_type", "none")
+
+
+def pooling_kind(config: dict) -> str:
+    if backbone(config) == "vix_cvt":
+        return "cls" if (config.get("cls_token") or [False])[-1] else "mean"
+    if backbone(config) == "vix_levit":
+        return "mean"
+    return config.get("pooling", "cls")
 
 
 def variant_name(config: dict) -> str:
@@ -81,7 +103,7 @@ def variant_name(config: dict) -> str:
     name = names.get(config.get("attention_type"), config.get("attention_type", "ViX"))
     if backbone(config) == "vix" and config.get("embedding_type") == "conv":
         name = f"Hybrid {name}"
-    position = config.get("position_embedding_type")
+    position = position_kind(config)
     if position == "rope_1d":
         name += "-RoPE"
     elif position == "rope_2d":
@@ -210,7 +232,9 @@ def mixer_row(config: dict) -> str:
 
 def embedding_kind(config: dict) -> str:
     """How pixels become tokens: the ViT's `embedding_type`, CCT's conv tokenizer, PiT's overlapping patch conv."""
-    return {"vix_cct": "conv_tokenizer", "vix_pit": "patch_conv"}.get(backbone(config), config.get("embedding_type"))
+    kinds = {"vix_cct": "conv_tokenizer", "vix_pit": "patch_conv", "vix_cvt": "conv_embedding",
+             "vix_levit": "conv_stem"}
+    return kinds.get(backbone(config), config.get("embedding_type"))
 
 
 def embedding_row(config: dict) -> str:
@@ -220,6 +244,13 @@ def embedding_row(config: dict) -> str:
                 + (", max pool)" if config.get("tokenizer_max_pool") else ")"))
     if backbone(config) == "vix_pit":
         return f"patch conv {config['patch_size']}×{config['patch_size']}, stride {config['patch_stride']}"
+    if backbone(config) == "vix_cvt":
+        return (f"a conv embedding per stage: kernels {config['patch_sizes']}, strides {config['patch_stride']}; "
+                f"conv projections of q/k/v (`{config['qkv_projection_method'][0]}`, key/value strides "
+                f"{config['stride_kv']})")
+    if backbone(config) == "vix_levit":
+        return f"conv stem (conv {config['kernel_size']}×{config['kernel_size']} + BatchNorm, Hardswish) of total " \
+               f"stride {config['patch_size']}"
     stem = None
     if config["embedding_type"] == "conv":
         stem = (f"stem channels {config.get('conv_stem_channels')}, activation `{config.get('conv_stem_activation')}`, "
@@ -238,8 +269,8 @@ def token_rows(config: dict, measured: dict) -> list[tuple[str, str]]:
         ("tokens per image", _with_details(f"{measured['num_tokens']:,}",
                                            f"{patches:,} patches + {prefix} prefix" if prefix else None)),
     ]
-    if backbone(config) == "vix_pit":
-        rows[-1] = ("tokens per image", f"{measured['num_tokens']:,} in the first stage, then ÷4 at each pooling")
+    if backbone(config) in STAGED_BACKBONES:
+        rows[-1] = ("tokens per image", f"{measured['num_tokens']:,} in the first stage, fewer in later stages")
     return rows
 
 
@@ -269,8 +300,8 @@ def model_rows(config: dict, metrics: dict, measured: dict) -> list[tuple[str, s
         ("paper name", variant_name(config)),
         ("`attention_type`", mixer_row(config)),
         ("embedding", embedding_row(config)),
-        ("`position_embedding_type`", f"`{config['position_embedding_type']}`"),
-        ("pooling", f"`{config.get('pooling', 'cls')}`"),
+        ("positions", f"`{position_kind(config)}`"),
+        ("pooling", f"`{pooling_kind(config)}`"),
         *token_rows(config, measured),
         size_row(config),
     ]
@@ -280,8 +311,12 @@ def model_rows(config: dict, metrics: dict, measured: dict) -> list[tuple[str, s
 
 
 def size_row(config: dict) -> tuple[str, str]:
-    if backbone(config) == "vix_pit":
-        mlp = config.get("intermediate_sizes") or [4 * width for width in config["hidden_sizes"]]
+    if backbone(config) in STAGED_BACKBONES:
+        widths = config["hidden_sizes"]
+        if backbone(config) == "vix_pit":
+            mlp = config.get("intermediate_sizes") or [4 * width for width in widths]
+        else:  # CvT and LeViT give the MLP as a ratio of the width
+            mlp = [int(width * ratio) for width, ratio in zip(widths, config["mlp_ratio"], strict=True)]
         return ("stages: hidden / depth / heads / MLP", f"{config['hidden_sizes']} / {config['depths']} / "
                                                         f"{config['num_attention_heads']} / {mlp}")
     return ("hidden / depth / heads / MLP", f"{config['hidden_size']} / {config['num_hidden_layers']} / "
@@ -303,7 +338,14 @@ def measurement_note(config: dict, metrics: dict, measured: dict) -> str | None:
 RECIPE_ROWS = (("optimizer", "optim"), ("learning rate", "learning_rate"), ("schedule", "lr_scheduler_type"),
                ("warm-up", "warmup_steps"), ("weight decay", "weight_decay"),
                ("label smoothing", "label_smoothing_factor"), ("augmentation", "augmentation"), ("seed", "seed"))
-RUN_ROWS = (("precision", "precision", str), ("hardware", "hardware", str), ("processes", "world_size", str),
+
+
+def precision_text(metrics: dict) -> str:
+    """What ran, with why when the run recorded it (training/precision.py): "bf16 (auto: CPU has avx512_bf16, ...)"."""
+    return _with_details(str(metrics["precision"]), metrics.get("precision_reason"))
+
+
+RUN_ROWS = (("hardware", "hardware", str), ("processes", "world_size", str),
             ("training time", "train_runtime", duration))
 
 
@@ -319,6 +361,8 @@ def training_rows(metrics: dict, recipe: dict) -> list[tuple[str, str]]:
         processes, accumulation = metrics.get("world_size") or 1, recipe.get("gradient_accumulation_steps", 1)
         rows.append(("batch size", f"{recipe['per_device_train_batch_size'] * processes * accumulation}"))
     rows += [(label, f"`{recipe[key]}`") for label, key in RECIPE_ROWS if recipe.get(key) is not None]
+    if metrics.get("precision") is not None:
+        rows.append(("precision", precision_text(metrics)))
     rows += [(label, fmt(metrics[key])) for label, key, fmt in RUN_ROWS if metrics.get(key) is not None]
     return rows
 
@@ -357,7 +401,7 @@ def resolution_limit(config: dict, measured: dict) -> str:
         return (f"`{config['attention_type']}` owns parameters sized by the token count ({measured['num_tokens']:,} "
                 f"tokens), so this model runs at {height}×{width} input only; the image processor resizes every "
                 "image to that size.")
-    if config["position_embedding_type"] == "learned":
+    if position_kind(config) == "learned":
         return (f"Trained at {height}×{width}. Learned position embeddings need `interpolate_pos_encoding=True` at "
                 "another input size (the pipeline resizes to the trained size instead); accuracy at other sizes was "
                 "not measured.")
@@ -411,7 +455,7 @@ def card_tags(config: dict, converted: bool = False) -> list[str]:
     as `attention-<value>`, `embedding-<value>`, `position-<value>`, plus `converted` for converted weights."""
     tags = ["vix", "image-classification", "custom_code", f"backbone-{BACKBONE_TAGS[backbone(config)]}",
             f"attention-{config.get('attention_type')}", f"embedding-{embedding_kind(config)}",
-            f"position-{config.get('position_embedding_type')}"]
+            f"position-{position_kind(config)}"]
     return tags + (["converted"] if converted else [])
 
 
@@ -441,7 +485,7 @@ def card_context(config: dict, metrics: dict, recipe: dict, measured: dict, *, m
         "mixer_summary": MIXER_SUMMARIES.get(config["attention_type"], f"`{config['attention_type']}`"),
         "embedding_type": embedding_kind(config),
         "architecture": ARCHITECTURES[backbone(config)],
-        "position_summary": POSITION_SUMMARIES.get(config["position_embedding_type"]),
+        "position_summary": POSITION_SUMMARIES.get(position_kind(config)),
         "base_model": base_model or recipe.get("model_name_or_path"),  # a local parent is named in the text only
         "dataset": metrics.get("dataset"),
         "model_rows": model_rows(config, metrics, measured),

@@ -8,15 +8,27 @@ Each entry is a dict with `repo_id`, `revision` (the commit its card pins), `con
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from .card import CITATION, LICENSE, PAPER_URL, count_text, dataset_id, duration, flops_text, pct, variant_name
+from .card import (
+    CITATION,
+    LICENSE,
+    PAPER_URL,
+    count_text,
+    dataset_id,
+    duration,
+    embedding_kind,
+    flops_text,
+    pct,
+    position_kind,
+    variant_name,
+)
 
 
 COLUMNS = (  # header, how to read a cell from an entry; a missing value prints as "–"
     ("model", lambda e: e["link"]),
     ("paper name", lambda e: variant_name(e["config"])),
     ("mixer", lambda e: f"`{e['config']['attention_type']}`"),
-    ("embedding", lambda e: f"`{e['config']['embedding_type']}`"),
-    ("position", lambda e: f"`{e['config']['position_embedding_type']}`"),
+    ("embedding", lambda e: f"`{embedding_kind(e['config'])}`"),
+    ("position", lambda e: f"`{position_kind(e['config'])}`"),
     ("tokens", lambda e: f"{e['measured']['num_tokens']:,}"),
     ("params", lambda e: count_text(e["metrics"].get("num_parameters") or e["measured"]["num_parameters"])),
     ("forward FLOPs", lambda e: flops_text(e["measured"]["forward_flops"])),

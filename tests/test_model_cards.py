@@ -85,6 +85,16 @@ def test_card_states_measured_numbers_and_nothing_else():
     assert "top-5 accuracy" not in card.text and "training time" not in card.text and "peak memory" not in card.text
 
 
+def test_card_states_the_precision_with_why_it_ran_when_the_run_recorded_it():
+    config = config_dict(attention_type="softmax")
+    reason = "auto: CPU has avx512_bf16, torch capability AVX512"
+    recorded = {**METRICS, "precision_requested": "auto", "precision_reason": reason, "cpu_capability": "AVX512",
+                "cpu_native_bf16": True}
+    assert f"bf16 ({reason})" in build_model_card(config, recorded, RECIPE).text
+    old = build_model_card(config, METRICS, RECIPE).text  # metrics.json from before --precision: as it was
+    assert "auto:" not in old and re.search(r"precision\s*\|\s*bf16\s*\|", old)
+
+
 def test_forward_flops_match_a_hand_count_including_attention():
     """Softmax, linear patches: counted FLOPs equal the matmul count, so the fused attention kernel is counted."""
     config = config_dict(attention_type="softmax", embedding_type="linear", position_embedding_type="learned")
@@ -229,3 +239,34 @@ def test_index_card_lists_variants_side_by_side(tmp_path):
     assert len(rows) == 2
     assert "[team/vix-vit](https://hub.example/team/vix-vit)" in rows[0] and "50.00%" in rows[0] and "96.88%" in rows[0]
     assert "| ViL |" in rows[1] and "60.00%" in rows[1] and "| – |" in rows[1]  # no top-5 measured: a dash
+
+
+BACKBONE_CARD_CASES = {  # model_type -> (tiny config builder, attention type, paper name, position, pooling)
+    "vix_cct": ("tiny_cct_config", "nystrom", "CCN", "learned", "sequence"),
+    "vix_pit": ("tiny_pit_config", "performer", "PiP", "learned", "cls"),
+    "vix_cvt": ("tiny_cvt_config", "nystrom", "CvN", "none", "cls"),
+    "vix_levit": ("tiny_levit_config", "performer", "LeViP", "none", "mean"),
+}
+
+
+@pytest.mark.parametrize("model_type", list(BACKBONE_CARD_CASES))
+def test_every_backbone_gets_its_paper_name_tags_and_stage_sizes(model_type):
+    import conftest
+
+    builder, attention, name, position, pooling = BACKBONE_CARD_CASES[model_type]
+    options = {"attention_bias": False} if model_type == "vix_levit" else {}
+    config = getattr(conftest, builder)(attention_type=attention, **options)
+    assert config.model_type == model_type
+    card = build_model_card(config.to_dict(), METRICS, RECIPE)
+    tag = {"vix_cct": "cct", "vix_pit": "pit", "vix_cvt": "cvt", "vix_levit": "levit"}[model_type]
+    assert {f"backbone-{tag}", f"attention-{attention}", f"position-{position}"} <= set(card.data.tags)
+    assert f"| paper name | {name} |" in card.text and f"| pooling | `{pooling}` |" in card.text
+    if model_type != "vix_cct":
+        assert "stages: hidden / depth / heads / MLP" in card.text and "in the first stage" in card.text
+
+
+def test_levit_attention_bias_is_its_position_information():
+    from conftest import tiny_levit_config
+
+    card = build_model_card(tiny_levit_config(attention_type="nystrom").to_dict(), METRICS, RECIPE)
+    assert "position-attention_bias" in card.data.tags and "learned attention bias per head" in card.text

@@ -168,7 +168,8 @@ def test_config_overrides_on_a_checkpoint_build_the_new_mixer_and_keep_the_share
 # --- recipes --------------------------------------------------------------------------------------------
 
 # Two variants exactly as their files read before recipes had a base (training/recipes/{cpu,paper}/*.yaml,
-# ~40 lines each): the resolved recipe must give a run the same settings.
+# ~40 lines each): the resolved recipe must give a run the same settings. Since then: `precision` replaced the CPU
+# protocol's `bf16: true` (auto: bf16 only on CPUs with native bf16) and states the paper protocol's fp32.
 CPU_HYBRID_VIT = {
     "dataset_name": "../shared/data/cifar10", "dataset_hub_id": "uoft-cs/cifar10",
     "output_dir": "outputs/cpu/cifar10_hybrid_vit", "attention_type": "softmax", "embedding_type": "conv",
@@ -177,8 +178,9 @@ CPU_HYBRID_VIT = {
     "conv_stem_activation": "relu", "conv_stem_downsampling": "max_pool", "augmentation": "crop_flip",
     "crop_padding": 4, "num_train_epochs": 3, "per_device_train_batch_size": 128, "per_device_eval_batch_size": 512,
     "learning_rate": 2.0e-3, "weight_decay": 0.05, "lr_scheduler_type": "cosine", "warmup_steps": 0.05,
-    "label_smoothing_factor": 0.1, "bf16": True, "use_cpu": True, "eval_strategy": "epoch", "save_strategy": "epoch",
-    "save_total_limit": 1, "load_best_model_at_end": True, "metric_for_best_model": "accuracy", "logging_steps": 50,
+    "label_smoothing_factor": 0.1, "precision": "auto", "use_cpu": True, "eval_strategy": "epoch",
+    "save_strategy": "epoch", "save_total_limit": 1, "load_best_model_at_end": True,
+    "metric_for_best_model": "accuracy", "logging_steps": 50,
 }
 PAPER_HYBRID_VIN_ROPE = {
     "dataset_name": "uoft-cs/cifar10", "output_dir": "outputs/paper/cifar10_hybrid_vin_rope",
@@ -188,8 +190,8 @@ PAPER_HYBRID_VIN_ROPE = {
     "augmentation": "none", "num_train_epochs": 40, "per_device_train_batch_size": 64,
     "per_device_eval_batch_size": 256, "learning_rate": 1.0e-3, "weight_decay": 0.01, "lr_scheduler_type": "constant",
     "warmup_steps": 0,
-    "max_grad_norm": 0, "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1.0e-8, "eval_strategy": "epoch",
-    "save_strategy": "epoch", "save_total_limit": 2, "load_best_model_at_end": True,
+    "max_grad_norm": 0, "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1.0e-8, "precision": "fp32",
+    "eval_strategy": "epoch", "save_strategy": "epoch", "save_total_limit": 2, "load_best_model_at_end": True,
     "metric_for_best_model": "accuracy", "logging_steps": 100,
 }
 
@@ -292,3 +294,23 @@ def test_readme_training_section_documents_resuming_and_the_launchers():
     fine_tune = next(line for line in section.splitlines() if "--model_name_or_path outputs/vix-digits/final" in line)
     block = section[section.index(fine_tune):].split("\n\n", 1)[0]
     assert "--output_dir" in block  # its own folder: never the one it loads from
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--model_type", "vix_cvt", "--patch_stride", "4", "2", "1", "--cls_token", "false", "false", "true",
+      "--drop_path_rate", "0", "0", "0.1"],
+     {"patch_stride": [4, 2, 1], "cls_token": [False, False, True], "drop_path_rate": [0.0, 0.0, 0.1]}),
+    (["--model_type", "vix_pit", "--patch_stride", "4"], {"patch_stride": 4}),
+    (["--model_type", "vix_cct", "--drop_path_rate", "0.1"], {"drop_path_rate": 0.1}),
+    (["--model_type", "vix_levit", "--attention_type", "performer"], {"attention_bias": False}),
+])
+def test_flags_shared_by_backbones_parse_for_each(argv, expected, tmp_path):
+    """One flag per field name, whatever each backbone declares: a per-stage list for CvT, an int or a float for
+    PiT and CCT, booleans read as words; a setting the mixer rules out falls back (Performer: no LeViT bias)."""
+    settings = parse_args([*argv, "--output_dir", str(tmp_path)])
+    assert {name: settings.model_settings[name] for name in expected} == expected
+
+
+def test_per_stage_booleans_must_be_words(tmp_path):
+    with pytest.raises(UsageError, match="per-stage booleans"):
+        parse_args(["--model_type", "vix_cvt", "--cls_token", "no", "maybe", "yes", "--output_dir", str(tmp_path)])

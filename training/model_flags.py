@@ -20,9 +20,11 @@ import dataclasses
 import itertools
 import types
 import typing
+from argparse import ArgumentTypeError
 
 from huggingface_hub.errors import StrictDataclassError
 from transformers import PreTrainedConfig
+from transformers.hf_argparser import string_to_bool
 
 import modeling_vix
 
@@ -53,6 +55,7 @@ FALLBACKS = {
     "conv_stem_channels": ([32, 64], [32], [32, 64, 128]),  # max_pool downsampling fixes the stem's depth by patch
     "embedding_type": ("conv", "linear"),  # patch_embedding_norm exists only for the linear embedding
     "use_distillation_token": (False, True),  # use_distillation_head needs the token
+    "attention_bias": (True, False),  # LeViT's attention bias, which Performer cannot add
 }
 
 
@@ -68,21 +71,37 @@ def _members(annotation) -> list:
     return [annotation]
 
 
-def flag_type(annotation):
-    """A type HfArgumentParser can parse for a config field: lists and tuples become list[int], numbers float."""
-    members = _members(annotation)
-    for member in members:
-        if typing.get_origin(member) in (list, tuple):
-            return list[typing.get_args(member)[0]]
+def flag_type(*annotations):
+    """A type HfArgumentParser can parse for a field that one or more backbone configs declare (PiT's int
+    `patch_stride` and CvT's per-stage list share one flag): a list when any of them is a list (of float when any
+    is float; of str for bools, which `from_flag` reads as true/false), else float for numbers."""
+    members = [member for annotation in annotations for member in _members(annotation)]
+    elements = [typing.get_args(member)[0] for member in members if typing.get_origin(member) in (list, tuple)]
+    if elements:
+        if bool in elements:
+            return list[str]  # HfArgumentParser would read `false` as bool("false") == True
+        return list[float] if float in elements or float in members else list[elements[0]]
     if float in members:
         return float
     return members[0]
 
 
 def from_flag(value, annotation):
-    """A parsed flag value as the config field takes it: `--image_size 32` parses to [32], the field wants 32."""
-    if isinstance(value, list) and len(value) == 1 and int in _members(annotation):
-        return value[0]
+    """A parsed flag value as this backbone's config field takes it: `--image_size 32` parses to [32], the field
+    wants 32; `--drop_path_rate 0.1` to [0.1] for CCT's float; `--cls_token false true` to [False, True]."""
+    members = _members(annotation)
+    if isinstance(value, list) and len(value) == 1 and (int in members or float in members):
+        value = value[0]  # a field that takes a number (maybe also a list, as image_size) gets the number
+    element = next((typing.get_args(m)[0] for m in members if typing.get_origin(m) in (list, tuple)), None)
+    if isinstance(value, list) and element is bool:
+        try:
+            return [item if isinstance(item, bool) else string_to_bool(item) for item in value]
+        except ArgumentTypeError as error:
+            raise UsageError(f"{error} (per-stage booleans are true or false)") from None
+    if isinstance(value, float) and int in members and float not in members and value.is_integer():
+        return int(value)
+    if isinstance(value, list) and element is int and all(isinstance(v, float) and v.is_integer() for v in value):
+        return [int(v) for v in value]
     return value
 
 
@@ -96,14 +115,14 @@ def _help(name: str, classes: list[type]) -> str:
 def make_model_arguments():
     """The `ModelArguments` dataclass: one optional flag per field of every backbone config class."""
     owners: dict[str, list[type]] = {}
-    annotations = {}
+    annotations: dict[str, list] = {}
     for config_class in BACKBONE_CONFIGS.values():
         for name, field in config_fields(config_class).items():
             owners.setdefault(name, []).append(config_class)
-            annotations.setdefault(name, field.type)
+            annotations.setdefault(name, []).append(field.type)
     specs = []
-    for name, annotation in annotations.items():
-        cli_type = flag_type(annotation)
+    for name, field_types in annotations.items():
+        cli_type = flag_type(*field_types)
         metadata = {"help": _help(name, owners[name])}
         if cli_type is bool:
             metadata.update(nargs="?", const=True)  # `--qkv_bias` alone means true, as for TrainingArguments flags
