@@ -3,7 +3,7 @@
     python -m training.train                                   # digits (offline), a small hybrid ViN, ~2 CPU minutes
     python -m training.train training/recipes/cpu/cifar10_hybrid_vin_rope.yaml   # a recipe (YAML or JSON)
     python -m training.train training/recipes/modern_cifar10.yaml --num_train_epochs 10   # recipe + overrides
-    python -m training.train --dataset_name uoft-cs/cifar10 --attention_type performer --bf16 true
+    python -m training.train --dataset_name uoft-cs/cifar10 --attention_type performer --precision bf16
     python -m training.train --model_name_or_path outputs/vix-digits/final --dataset_name path/to/images \
         --ignore_mismatched_sizes true --output_dir outputs/vix-images   # fine-tune on a new label set
     torchrun --nproc_per_node 2 -m training.train ...          # DDP (gloo on CPU, nccl on GPU)
@@ -16,6 +16,9 @@ command-line flags. Every `JobArguments`, model config field (`model_flags.Model
 each `--model_type`'s config class), `DataArguments` (training/data.py) and `TrainingArguments` field is a flag.
 Settings that cannot work (an invalid model combination, labels out of range, a folder the run must not
 write to) stop the job before training with a one-line error and exit status 2.
+
+`--precision auto` (the default) trains in bf16 only where the device computes it natively (training/precision.py);
+metrics.json records what ran and why, and recipe.yaml keeps `auto`, so a re-run on other hardware chooses again.
 
 The final folder (`<output_dir>/final`) holds model.safetensors, config.json (with auto_map), the modeling
 files, preprocessor_config.json, training_args.bin, metrics.json, recipe.yaml (every setting of the run,
@@ -65,6 +68,7 @@ from .model_flags import (
     override_values,
     resolve_model_settings,
 )
+from .precision import PRECISIONS, Precision, resolve_precision
 from .recipe_files import RECIPE_SUFFIXES, find_recipe, resolve_recipe, write_recipe
 from .runs import RunTotals, check_launch, prepare_output_dir
 
@@ -99,6 +103,13 @@ class JobArguments:
         default=False,
         metadata={"help": "Delete the checkpoints and final/ of an earlier run in --output_dir and start afresh "
                           "(without it, such a folder is an error unless resuming)."},
+    )
+    precision: str = field(
+        default="auto",
+        metadata={"help": "Mixed precision: auto = bf16 where the device computes it natively (GPUs from Ampere on, "
+                          "CPUs with avx512_bf16 or amx_bf16), else fp16 on a GPU and fp32 on a CPU. --bf16/--fp16 "
+                          "given with auto decide; with an explicit choice they must agree.",
+                  "choices": PRECISIONS},
     )
 
 
@@ -137,6 +148,7 @@ class Settings(NamedTuple):
     training: TrainingArguments
     model_settings: dict  # the resolved config kwargs of a new model ({} when fine-tuning a checkpoint)
     changed_training: frozenset  # TrainingArguments set by the recipe or a flag
+    precision: Precision  # what --precision resolved to, why, and the metrics.json record
 
 
 def make_parser() -> HfArgumentParser:
@@ -171,14 +183,20 @@ def parse_args(argv=None) -> Settings:
     """The run's settings from defaults < recipe file (first argument) < flags."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = make_parser()
+    # None = not given, so that --precision decides (a default False would read as an explicit "not bf16")
+    parser.set_defaults(bf16=None, fp16=None)
     baseline = vars(parser.parse_args([]))  # the job's defaults alone (argparse only: no TrainingArguments built)
     if argv and not argv[0].startswith("-") and argv[0].endswith(RECIPE_SUFFIXES):
         parser.set_defaults(**read_recipe(argv[0]))  # argparse converts string defaults with each flag's type
         argv = argv[1:]
     namespace = vars(parser.parse_args(argv))
-    job, model, data, training = (build_arguments(dtype, namespace) for dtype in parser.dataclass_types)
     training_names = {f.name for f in fields(TrainingArguments)}
+    # before bf16/fp16 are resolved: only a given --bf16/--fp16 is the user's choice, recorded in recipe.yaml
     changed = frozenset(name for name in training_names if namespace[name] != baseline[name])
+    precision = resolve_precision(namespace["precision"], training_device(namespace["use_cpu"]),
+                                  bf16=namespace["bf16"], fp16=namespace["fp16"], use_cpu=namespace["use_cpu"])
+    namespace["bf16"], namespace["fp16"] = precision.name == "bf16", precision.name == "fp16"
+    job, model, data, training = (build_arguments(dtype, namespace) for dtype in parser.dataclass_types)
     if job.model_name_or_path:
         if ignored := sorted(given_settings(model)):
             logger.warning("Fine-tuning %s: its architecture is used, so these model settings are ignored: %s "
@@ -186,7 +204,7 @@ def parse_args(argv=None) -> Settings:
         model_settings = {}
     else:
         model_settings = resolve_model_settings(job.model_type, model)
-    return Settings(job, model, data, training, model_settings, changed)
+    return Settings(job, model, data, training, model_settings, changed, precision)
 
 
 def differing(args) -> dict:
@@ -201,7 +219,9 @@ def recipe_dict(settings: Settings) -> dict:
     TrainingArguments are those the job, a recipe or a flag chose, read from the arguments themselves: no
     second TrainingArguments is built (under torchrun, one built late warns that DDP is not in use).
     """
-    out = {**differing(settings.job), **settings.model_settings, **differing(settings.data)}
+    # precision always, `auto` included: bf16/fp16 are recorded only when given, so the reader sees what chose them
+    out = {**differing(settings.job), "precision": settings.job.precision, **settings.model_settings,
+           **differing(settings.data)}
     training = settings.training.to_dict()
     chosen = (set(TRAINING_DEFAULTS) | settings.changed_training) - NOT_RECORDED
     out.update({f.name: training[f.name] for f in fields(TrainingArguments) if f.name in chosen and f.name in training})
@@ -314,6 +334,12 @@ def cpu_model_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def training_device(use_cpu: bool) -> str:
+    """Where the Trainer will train, known before TrainingArguments are built ("cuda" or "cpu"): precision
+    must be resolved first, as TrainingArguments check bf16 against the device when built."""
+    return "cuda" if torch.cuda.is_available() and not use_cpu else "cpu"
+
+
 def hardware_description(device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (1 GPU)"
@@ -347,6 +373,7 @@ def run(argv=None, callbacks=None):
     job, data_args, training_args = settings.job, settings.data, settings.training
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    logger.info("precision %s (%s)", settings.precision.name, settings.precision.reason)
     with training_args.main_process_first(desc="output folder check"):
         resume = prepare_output_dir(training_args.output_dir, job.model_name_or_path,
                                     training_args.resume_from_checkpoint, job.overwrite_output_dir,
@@ -392,7 +419,7 @@ def run(argv=None, callbacks=None):
         "peak_memory_mb": round(peak_memory_mb(training_args.device), 1),
         "hardware": hardware_description(training_args.device),
         "world_size": training_args.world_size,
-        "precision": "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32",
+        **settings.precision.record,  # precision (what ran), precision_requested, precision_reason, cpu_capability
         "dataset": dataset_display_name(data_args),
         "split_sizes": data_info["split_sizes"],
         "skipped_images": data_info["skipped_images"],
