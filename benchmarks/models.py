@@ -2,8 +2,9 @@
 
 Every builder takes a `BenchSize` and returns an `nn.Module` mapping pixels (B, 3, H, W) to logits, so the
 measuring code treats ViX and its peers alike. Peers: transformers' ViT (sdpa, eager), the paper
-authors' `vision-xformer` models (built on lucidrains' reference attentions), and vit-pytorch's CCT and PiT
-for the backbones (`cct-*`, `pit-*`, at a size both libraries can build).
+authors' `vision-xformer` models (built on lucidrains' reference attentions), vit-pytorch's CCT and PiT
+for those backbones (`cct-*`, `pit-*`, at a size both libraries can build), and transformers' own CvT and LeViT
+for `cvt-*` and `levit-*`.
 """
 
 from contextlib import contextmanager
@@ -146,6 +147,54 @@ def build_vix_backbone(size: BenchSize, architecture: str, attention_type: str) 
     config = type(config)(**settings)
     return LogitsOnly(BACKBONES[config.model_type][2](config))
 
+# CvT and LeViT as transformers builds them (the peers), and ViX's at exactly their architecture (the converters'
+# reading of the same config). CvT: CvT-13's stage layout, narrower (64/128/192 wide, 1/2/3 layers: transformers'
+# CvT indexes its stochastic-depth rates by stage, so stage s needs more than s layers). LeViT: LeViT-128S's design
+# at 64/128/192 wide, 2 layers a stage. Both take images of any size; the sweep grows the token count.
+HF_CVT_KWARGS = dict(embed_dim=[64, 128, 192], depth=[1, 2, 3], num_heads=[1, 2, 3], mlp_ratio=[2.0, 2.0, 2.0],
+                     drop_path_rate=[0.0, 0.0, 0.0])
+HF_LEVIT_KWARGS = dict(hidden_sizes=[64, 128, 192], num_attention_heads=[4, 4, 6], depths=[2, 2, 2],
+                       key_dim=[16, 16, 16], mlp_ratio=[2, 2, 2], attention_ratio=[2, 2, 2])
+# Landmarks and projected length for the token sweep (as the paper's 64).
+SWEEP_MIXER_SETTINGS = {"nystrom_num_landmarks": 64, "linformer_k": 64}
+
+
+def build_transformers_backbone(size: BenchSize, architecture: str) -> nn.Module:
+    """transformers' own CvT / LeViT classifier (softmax attention), with `num_tokens` = its first stage's."""
+    if architecture == "cvt":
+        from transformers import CvtConfig, CvtForImageClassification
+
+        model = CvtForImageClassification(CvtConfig(num_labels=size.num_labels, **HF_CVT_KWARGS))
+        model.num_tokens = (size.image_size // 4) ** 2
+        return LogitsOnly(model)
+    from transformers import LevitConfig, LevitForImageClassification
+
+    model = LevitForImageClassification(LevitConfig(image_size=size.image_size, num_labels=size.num_labels,
+                                                    **HF_LEVIT_KWARGS))
+    model.num_tokens = (size.image_size // 16) ** 2
+    return LogitsOnly(model)
+
+
+def build_vix_transformers_backbone(size: BenchSize, architecture: str, attention_type: str) -> nn.Module:
+    """ViX's CvT / LeViT with the peer's architecture and `attention_type` (Performer: LeViT without its
+    attention bias, which FAVOR+ cannot add)."""
+    from modeling_vix import BACKBONES
+
+    peer = build_transformers_backbone(BenchSize(image_size=size.image_size), architecture).model
+    options = dict(SWEEP_MIXER_SETTINGS)
+    if architecture == "cvt":
+        from conversion.from_transformers_cvt import cvt_config_from_transformers
+
+        config = cvt_config_from_transformers(peer.config, attention_type, size.image_size, options)
+    else:
+        from conversion.from_transformers_levit import levit_config_from_transformers
+
+        config = levit_config_from_transformers(peer.config, attention_type, options)
+    model = LogitsOnly(BACKBONES[config.model_type][2](config))
+    model.num_tokens = peer.num_tokens
+    return model
+
+
 BUILDERS = {
     **{f"vix-{mixer}": (lambda size, mixer=mixer: build_vix(size, mixer)) for mixer in VIX_MIXERS},
     # ViX's Linformer with the authors' ViL settings (one key/value head, V = K): the like-for-like peer.
@@ -163,7 +212,14 @@ BACKBONE_BUILDERS = {
        for arch in ("cct", "pit") for mixer in VIX_MIXERS},
     "vit-pytorch-cct": lambda size: build_vit_pytorch_backbone(size, "cct"),
     "vit-pytorch-pit": lambda size: build_vit_pytorch_backbone(size, "pit"),
+    **{f"{arch}-{mixer}": (lambda size, arch=arch, mixer=mixer: build_vix_transformers_backbone(size, arch, mixer))
+       for arch in ("cvt", "levit") for mixer in ("softmax", "nystrom", "performer", "linformer")},
+    "transformers-cvt": lambda size: build_transformers_backbone(size, "cvt"),
+    "transformers-levit": lambda size: build_transformers_backbone(size, "levit"),
 }
+# The peer each backbone's rows are compared against, in the same run.
+BACKBONE_PEERS = {"cct": "vit-pytorch-cct", "pit": "vit-pytorch-pit", "cvt": "transformers-cvt",
+                  "levit": "transformers-levit"}
 BUILDERS.update(BACKBONE_BUILDERS)
 
 # Which peer each ViX mixer is compared against (ratios in the report).

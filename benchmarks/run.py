@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser
 
-from benchmarks.models import BACKBONE_BUILDERS, BUILDERS, PEERS
+from benchmarks.models import BACKBONE_BUILDERS, BACKBONE_PEERS, BUILDERS, PEERS
+from training.precision import cpu_precision_info
 from training.train import cpu_model_name
 
 
@@ -31,8 +32,15 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SCALING_SIZES = (32, 48, 64, 96)  # patch 1: 1025, 2305, 4097, 9217 tokens
 # transformers' eager ViT stores every N x N map: above 1025 tokens it needs 10+ GB here, so it sits out the sweep.
 SCALING_MODELS = ("vix-softmax", "vix-performer", "vix-linformer", "vix-nystrom", "vix-fnet", "hf-vit-sdpa")
-# Backbones: 32x32 (CCT 256 tokens, PiT 225 + cls in its first stage), then 4x and 9x the tokens.
-BACKBONE_SIZES = (32, 64, 96)
+# Backbones: per architecture, image sizes from a small first stage to about 9-16x its tokens, and the first
+# stage's token count at a size. CCT 256 tokens at 32x32 and PiT 225 + cls; CvT (stride-4 embedding) 256 at 64x64;
+# LeViT (16x stem) 64 at 128x128.
+BACKBONE_SWEEPS = {
+    "cct": ((32, 64, 96), lambda image_size: (image_size // 2) ** 2),
+    "pit": ((32, 64, 96), lambda image_size: (image_size // 2) ** 2),
+    "cvt": ((64, 128, 224), lambda image_size: (image_size // 4) ** 2),
+    "levit": ((128, 256, 512), lambda image_size: (image_size // 16) ** 2),
+}
 BACKBONE_TOKENS_BUDGET = 32 * 256  # batch x tokens per step, so the batch shrinks as the images grow
 
 
@@ -52,7 +60,8 @@ class RunArguments:
 
 
 def describe_machine(device: str) -> dict:
-    machine = {"cpu": cpu_model_name(), "cores": os.cpu_count(), "torch": torch.__version__,
+    # the CPU's kernel level and native bf16 decide how fast bf16 runs on it (9x slower than fp32 without)
+    machine = {"cpu": cpu_model_name(), "cores": os.cpu_count(), **cpu_precision_info(), "torch": torch.__version__,
                "python": platform.python_version()}
     if device.startswith("cuda") and torch.cuda.is_available():
         machine["gpu"] = torch.cuda.get_device_name(0)
@@ -108,18 +117,27 @@ def scaling_suite(args: RunArguments) -> list[dict]:
     return results
 
 
+def backbone_of(model: str) -> str:
+    """'cvt-nystrom' -> 'cvt'; a peer ('vit-pytorch-cct', 'transformers-levit') -> the backbone it is the peer of."""
+    for architecture, peer in BACKBONE_PEERS.items():
+        if model == peer:
+            return architecture
+    return model.split("-")[0]
+
+
 def backbone_suite(args: RunArguments) -> list[dict]:
-    """CCT and PiT with every mixer and their vit-pytorch peers, one train step each, at three image sizes."""
+    """CCT, PiT, CvT and LeViT with every mixer and their peers (vit-pytorch's CCT and PiT, transformers' CvT and
+    LeViT), one train step each, at three image sizes per backbone."""
     results = []
-    for image_size in BACKBONE_SIZES:
-        tokens = (image_size // 2) ** 2
-        batch_size = max(1, BACKBONE_TOKENS_BUDGET // tokens)
-        chosen = [model for model in args.models if model in BACKBONE_BUILDERS] or list(BACKBONE_BUILDERS)
-        for model in chosen:
-            result = measure_in_subprocess(model, args, image_size, batch_size, inference=False)
-            result["image_size"] = image_size
-            log(result)
-            results.append(result)
+    chosen = [model for model in args.models if model in BACKBONE_BUILDERS] or list(BACKBONE_BUILDERS)
+    for architecture, (image_sizes, first_stage_tokens) in BACKBONE_SWEEPS.items():
+        for image_size in image_sizes:
+            batch_size = max(1, BACKBONE_TOKENS_BUDGET // first_stage_tokens(image_size))
+            for model in (model for model in chosen if backbone_of(model) == architecture):
+                result = measure_in_subprocess(model, args, image_size, batch_size, inference=False)
+                result["image_size"] = image_size
+                log(result)
+                results.append(result)
     return results
 
 
@@ -130,13 +148,13 @@ def backbone_ratios(results: list[dict]) -> list[dict]:
     rows = []
     for (model, image_size), result in sorted(ok.items(), key=lambda item: (item[0][1], item[0][0])):
         architecture = model.split("-")[0]
-        if architecture not in ("cct", "pit"):
+        if architecture not in BACKBONE_SWEEPS:
             continue
         row = {"model": model, "image_size": image_size, "tokens": result["tokens"],
                "batch_size": result["batch_size"], "parameters": result["parameters"],
                "train_gflops": result["train_flops"] / 1e9, "step_time_s": result["step_time_s"],
                "peak_memory_mb": result["peak_memory_mb"]}
-        for label, peer in (("softmax", f"{architecture}-softmax"), ("peer", f"vit-pytorch-{architecture}")):
+        for label, peer in (("softmax", f"{architecture}-softmax"), ("peer", BACKBONE_PEERS[architecture])):
             if (peer, image_size) in ok:
                 row[f"time_vs_{label}"] = result["step_time_s"] / ok[peer, image_size]["step_time_s"]
                 row[f"memory_vs_{label}"] = result["peak_memory_mb"] / max(ok[peer, image_size]["peak_memory_mb"], 1e-9)
@@ -146,16 +164,20 @@ def backbone_ratios(results: list[dict]) -> list[dict]:
 
 def backbone_markdown(report: dict) -> list[str]:
     lines = [
-        "## Backbones: CCT and PiT with every mixer, against vit-pytorch's CCT and PiT (same run)",
+        "## Backbones with every mixer, against their peers (same run)",
         "",
         "One AdamW train step (forward, backward, update); the batch shrinks as the images grow so that batch x "
-        f"tokens stays near {BACKBONE_TOKENS_BUDGET:,}. CCT: one 3x3 conv + 2x max pool tokenizer, hidden 128, 4 "
-        "layers, 4 heads, MLP 512, sequence pooling. PiT: 4x4 patches with stride 2, stages 64/128/256 wide with "
-        "2 layers each, heads of 32, MLP 256. Ratios below 1: cheaper than the softmax version / the vit-pytorch "
-        "peer. Memory is the measuring process's peak RSS above its start-up (CPU).",
+        f"first-stage tokens stays near {BACKBONE_TOKENS_BUDGET:,}. Peers: vit-pytorch's CCT and PiT, transformers' "
+        "own CvT and LeViT. CCT: one 3x3 conv + 2x max pool tokenizer, hidden 128, 4 layers, 4 heads, MLP 512, "
+        "sequence pooling. PiT: 4x4 patches with stride 2, stages 64/128/256 wide with 2 layers each, heads of 32, "
+        "MLP 256. CvT: CvT-13's stages at 64/128/192 wide, 1/2/3 layers, 1/2/3 heads, MLP 2x, strided conv "
+        "key/value projections. LeViT: LeViT-128S's design at 64/128/192 wide, 4/4/6 heads, 2 layers a stage "
+        "(Performer without the attention bias). Linformer k and Nystrom landmarks 64. `tokens`: the first stage's. "
+        "Ratios below 1: cheaper than the softmax version / the peer. Memory is the measuring process's peak RSS "
+        "above its start-up (CPU).",
         "",
         "| model | image | tokens | batch | params | train GFLOP | step (s) | peak MB | time / softmax "
-        "| memory / softmax | time / vit-pytorch | memory / vit-pytorch |",
+        "| memory / softmax | time / peer | memory / peer |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
@@ -405,6 +427,13 @@ def bf16_markdown(fp32: dict, bf16: dict) -> list[str]:
     return lines + [""]
 
 
+def cpu_precision_text(machine: dict) -> str:
+    """", CPU capability AVX512, native bf16" (or "no native bf16"); empty for reports from before these were kept."""
+    if "cpu_capability" not in machine:
+        return ""
+    return f", CPU capability {machine['cpu_capability']}, {'' if machine['cpu_native_bf16'] else 'no '}native bf16"
+
+
 def markdown(report: dict, companion: dict | None = None, explanation: str | None = None) -> str:
     """The report as markdown. `companion`: the results of the other dtype (bf16 for an fp32 report and the
     reverse), for the bf16 rows; `explanation`: a file name to link for the missed targets."""
@@ -412,8 +441,9 @@ def markdown(report: dict, companion: dict | None = None, explanation: str | Non
     lines = [
         f"# Benchmarks: {machine.get('gpu', machine['cpu'])}, {report['settings']['dtype']}",
         "",
-        f"Machine: {machine['cpu']}, {machine['cores']} cores" + (f", {machine['gpu']}" if "gpu" in machine else "")
-        + f"; torch {machine['torch']}. Command: `{report['command']}`",
+        f"Machine: {machine['cpu']}, {machine['cores']} cores{cpu_precision_text(machine)}"
+        + (f", {machine['gpu']}" if "gpu" in machine else "") + f"; torch {machine['torch']}. "
+        f"Command: `{report['command']}`",
         "",
     ]
     if report.get("matmul_gflops"):
