@@ -164,15 +164,15 @@ def build_transformers_backbone(size: BenchSize, architecture: str) -> nn.Module
     if architecture == "cvt":
         from transformers import CvtConfig, CvtForImageClassification
 
-        model = CvtForImageClassification(CvtConfig(num_labels=size.num_labels, **HF_CVT_KWARGS))
-        model.num_tokens = (size.image_size // 4) ** 2
-        return LogitsOnly(model)
+        wrapped = LogitsOnly(CvtForImageClassification(CvtConfig(num_labels=size.num_labels, **HF_CVT_KWARGS)))
+        wrapped.num_tokens = (size.image_size // 4) ** 2
+        return wrapped
     from transformers import LevitConfig, LevitForImageClassification
 
-    model = LevitForImageClassification(LevitConfig(image_size=size.image_size, num_labels=size.num_labels,
-                                                    **HF_LEVIT_KWARGS))
-    model.num_tokens = (size.image_size // 16) ** 2
-    return LogitsOnly(model)
+    wrapped = LogitsOnly(LevitForImageClassification(LevitConfig(image_size=size.image_size,
+                                                                 num_labels=size.num_labels, **HF_LEVIT_KWARGS)))
+    wrapped.num_tokens = (size.image_size // 16) ** 2
+    return wrapped
 
 
 def build_vix_transformers_backbone(size: BenchSize, architecture: str, attention_type: str) -> nn.Module:
@@ -180,16 +180,16 @@ def build_vix_transformers_backbone(size: BenchSize, architecture: str, attentio
     attention bias, which FAVOR+ cannot add)."""
     from modeling_vix import BACKBONES
 
-    peer = build_transformers_backbone(BenchSize(image_size=size.image_size), architecture).model
+    peer = build_transformers_backbone(BenchSize(image_size=size.image_size), architecture)
     options = dict(SWEEP_MIXER_SETTINGS)
     if architecture == "cvt":
         from conversion.from_transformers_cvt import cvt_config_from_transformers
 
-        config = cvt_config_from_transformers(peer.config, attention_type, size.image_size, options)
+        config = cvt_config_from_transformers(peer.model.config, attention_type, (size.image_size,) * 2, options)
     else:
         from conversion.from_transformers_levit import levit_config_from_transformers
 
-        config = levit_config_from_transformers(peer.config, attention_type, options)
+        config = levit_config_from_transformers(peer.model.config, attention_type, options)
     model = LogitsOnly(BACKBONES[config.model_type][2](config))
     model.num_tokens = peer.num_tokens
     return model
