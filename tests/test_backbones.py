@@ -1,4 +1,5 @@
-"""CCT and PiT (`vix_cct`, `vix_pit`) with every mixer of the registry, on tiny configs.
+"""CCT and PiT (`vix_cct`, `vix_pit`) with every mixer of the registry, on tiny configs (CvT and LeViT have their
+own test files; the remote-code round trip below covers all four backbones).
 
 - every (backbone, mixer, positions) the configs accept: one training step (finite loss, every parameter a finite
   gradient), save_pretrained / from_pretrained round trip (identical logits and state), batching equivalence;
@@ -17,8 +18,14 @@ from huggingface_hub.errors import StrictDataclassFieldValidationError
 from torch import nn
 
 import modeling_vix
-from conftest import run_without_package, tiny_cct_config, tiny_pit_config
-from modeling_vix import MIXER_CAPABILITIES, VixCctForImageClassification, VixPitForImageClassification
+from conftest import run_without_package, tiny_cct_config, tiny_cvt_config, tiny_levit_config, tiny_pit_config
+from modeling_vix import (
+    MIXER_CAPABILITIES,
+    VixCctForImageClassification,
+    VixCvtForImageClassification,
+    VixLevitForImageClassification,
+    VixPitForImageClassification,
+)
 from modeling_vix.mixers_vix import MIXERS
 
 
@@ -171,15 +178,21 @@ REMOTE_FOLDERS = {
     "pit_performer_learned": ("pit", dict(attention_type="performer")),
     "pit3_mixer_none": ("pit", dict(attention_type="mixer", position_embedding_type="none", **PIT_THREE_STAGES)),
 }
-# ... and every other backbone x mixer combination at its defaults, so that each round-trips through remote code.
-for _backbone in ("cct", "pit"):
-    _covered = {overrides["attention_type"] for name, (b, overrides) in REMOTE_FOLDERS.items() if b == _backbone}
-    for _mixer in sorted(set(MIXERS) - _covered):
-        REMOTE_FOLDERS[f"{_backbone}_{_mixer}"] = (_backbone, dict(attention_type=_mixer))
-MODELING_FILES = {
-    "cct": ("configuration_vix_cct.py", "modeling_vix_cct.py"),
-    "pit": ("configuration_vix_pit.py", "modeling_vix_pit.py"),
+# ... and every other backbone x mixer combination at its defaults, so that each round-trips through remote code
+# (CvT and LeViT take the attention mixers only; LeViP has no attention bias).
+REMOTE_BACKBONES = {
+    **BACKBONE,
+    "cvt": (tiny_cvt_config, VixCvtForImageClassification, "cvt"),
+    "levit": (tiny_levit_config, VixLevitForImageClassification, "levit"),
 }
+for _backbone in REMOTE_BACKBONES:
+    _covered = {overrides["attention_type"] for name, (b, overrides) in REMOTE_FOLDERS.items() if b == _backbone}
+    _attention_mixers = [name for name, can in MIXER_CAPABILITIES.items() if can.supports_rope]
+    _mixers = MIXERS if _backbone in BACKBONE else _attention_mixers
+    for _mixer in sorted(set(_mixers) - _covered):
+        _bias = {"attention_bias": False} if (_backbone, _mixer) == ("levit", "performer") else {}
+        REMOTE_FOLDERS[f"{_backbone}_{_mixer}"] = (_backbone, dict(attention_type=_mixer, **_bias))
+MODELING_FILES = {name: (f"configuration_vix_{name}.py", f"modeling_vix_{name}.py") for name in REMOTE_BACKBONES}
 SHARED_FILES = ("configuration_vix.py", "modeling_vix.py", "mixers_vix.py", "embeddings_vix.py",
                 "image_processing_vix.py")
 
@@ -209,12 +222,12 @@ print(json.dumps(report))
 """
 
 
-def test_saved_cct_and_pit_load_with_remote_code_without_the_package(tmp_path, cifar_pixels):
+def test_saved_backbones_load_with_remote_code_without_the_package(tmp_path, cifar_pixels):
     package_dir = modeling_vix.__file__.rsplit("/", 1)[0]
     folders, expected = {}, {}
     for index, (name, (backbone, overrides)) in enumerate(REMOTE_FOLDERS.items()):
         torch.manual_seed(index)
-        make_config, model_class, prefix = BACKBONE[backbone]
+        make_config, model_class, prefix = REMOTE_BACKBONES[backbone]
         model = model_class(make_config(**overrides)).eval()
         folder = tmp_path / name
         model.save_pretrained(folder)
