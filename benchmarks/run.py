@@ -49,6 +49,8 @@ class RunArguments:
     suite: str = field(default="all", metadata={"help": "paper | scaling | all | backbones"})
     models: list[str] = field(default_factory=lambda: list(BUILDERS), metadata={"help": "models for the paper suite"})
     dtype: str = field(default="fp32", metadata={"help": "fp32 | bf16"})
+    compile: bool = field(default=False, metadata={
+        "help": "torch.compile (inductor) every model, ViX and its peers alike, before timing: best against best"})
     device: str = "cpu"
     batch_size: int = 16
     steps: int = 5
@@ -73,6 +75,7 @@ def measure_in_subprocess(model: str, args: RunArguments, image_size: int, batch
         sys.executable, "-W", "ignore", "-m", "benchmarks.measure", "--model", model, "--image_size", str(image_size),
         "--batch_size", str(batch_size), "--steps", str(args.steps), "--warmup_steps", str(args.warmup_steps),
         "--dtype", args.dtype, "--device", args.device, "--measure_inference", str(inference),
+        "--compile", str(args.compile),
     ]
     try:
         completed = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout_s)
@@ -439,7 +442,8 @@ def markdown(report: dict, companion: dict | None = None, explanation: str | Non
     reverse), for the bf16 rows; `explanation`: a file name to link for the missed targets."""
     machine = report["machine"]
     lines = [
-        f"# Benchmarks: {machine.get('gpu', machine['cpu'])}, {report['settings']['dtype']}",
+        f"# Benchmarks: {machine.get('gpu', machine['cpu'])}, {report['settings']['dtype']}"
+        + (", every model compiled (torch.compile, inductor)" if report["settings"].get("compile") else ""),
         "",
         f"Machine: {machine['cpu']}, {machine['cores']} cores{cpu_precision_text(machine)}"
         + (f", {machine['gpu']}" if "gpu" in machine else "") + f"; torch {machine['torch']}. "

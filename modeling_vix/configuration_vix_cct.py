@@ -33,6 +33,9 @@ class VixCctConfig(VixMixerConfig):
         The conv tokenizer: each layer is Conv -> ReLU -> MaxPool; the last outputs `hidden_size` channels, the
         others `tokenizer_hidden_channels`. The defaults are the paper's CCN tokenizer (strides 2, 1, 1; pool
         stride 1): 256 tokens at 32x32.
+    tokenizer_batch_norm (`bool`, False): BatchNorm after each tokenizer conv (Conv -> BN -> ReLU -> MaxPool), as
+        ResNet-style stems do; not in CCT. It makes short CPU-budget runs learn faster (the DESIGN sketch's
+        hybrid reached 71.6% in 3 epochs with it).
     position_embedding_type (`str`, `"learned"`):
         `learned` (added, CCT's "learnable"), `sine` (CCT's fixed sinusoidal table), `none`, or ViX's rotary
         `rope_1d` / `rope_2d` on queries and keys (attention mixers only).
@@ -57,6 +60,7 @@ class VixCctConfig(VixMixerConfig):
     tokenizer_stride: int | list[int] | tuple[int, ...] = (2, 1, 1)
     tokenizer_padding: int = 1
     tokenizer_conv_bias: bool = False
+    tokenizer_batch_norm: bool = False
     tokenizer_max_pool: bool = True
     tokenizer_pooling_kernel_size: int = 3
     tokenizer_pooling_stride: int = 1

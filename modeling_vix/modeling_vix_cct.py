@@ -33,6 +33,7 @@ class VixCctTokenizerLayer(nn.Module):
             in_channels, out_channels, config.tokenizer_kernel_size, stride=stride, padding=config.tokenizer_padding,
             bias=config.tokenizer_conv_bias,
         )
+        self.normalization = nn.BatchNorm2d(out_channels) if config.tokenizer_batch_norm else nn.Identity()
         self.activation = nn.ReLU()
         self.pooling = nn.Identity()
         if config.tokenizer_max_pool:
@@ -41,7 +42,7 @@ class VixCctTokenizerLayer(nn.Module):
             )
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.pooling(self.activation(self.convolution(features)))
+        return self.pooling(self.activation(self.normalization(self.convolution(features))))
 
 
 class VixCctTokenizer(nn.Module):

@@ -165,3 +165,28 @@ def test_bf16_training_comparison_flags_non_finite_values_and_measures_the_gap()
     bf16["grad_norms"][20] = float("nan")
     assert not bf16_training.compare(fp32, bf16)["all_finite"]
     assert "| **no** |" not in bf16_training.markdown({"fnet": row}, 20, "cmd")  # the finite run reads "yes"
+
+
+def test_backbone_rows_compare_each_backbone_with_its_own_peer():
+    """CvT rows divide by transformers' CvT, LeViT rows by transformers' LeViT, CCT rows by vit-pytorch's CCT."""
+    def row(model, time):
+        return {"model": model, "image_size": 64, "tokens": 256, "batch_size": 8, "parameters": 1,
+                "train_flops": 1e9, "step_time_s": time, "peak_memory_mb": 100.0}
+
+    results = [row("cvt-softmax", 2.0), row("cvt-nystrom", 1.0), row("transformers-cvt", 4.0),
+               row("levit-performer", 3.0), row("transformers-levit", 6.0), row("cct-softmax", 1.0),
+               row("vit-pytorch-cct", 0.5)]
+    rows = {r["model"]: r for r in run.backbone_ratios(results)}
+    assert set(rows) == {"cvt-softmax", "cvt-nystrom", "levit-performer", "cct-softmax"}  # peers are not rows
+    assert rows["cvt-nystrom"]["time_vs_softmax"] == 0.5 and rows["cvt-nystrom"]["time_vs_peer"] == 0.25
+    assert rows["levit-performer"]["time_vs_peer"] == 0.5 and "time_vs_softmax" not in rows["levit-performer"]
+    assert rows["cct-softmax"]["time_vs_peer"] == 2.0
+    assert [run.backbone_of(m) for m in ("transformers-levit", "vit-pytorch-pit", "cvt-linformer")] == \
+        ["levit", "pit", "cvt"]
+
+
+def test_compiled_runs_say_so_in_the_title():
+    report = {**paper_report({"vix-softmax": 1.0}), "machine": {"cpu": "Test CPU", "cores": 2, "torch": "2"},
+              "command": "python -m benchmarks.run --compile true", "ratios": {}}
+    report["settings"]["compile"] = True
+    assert "every model compiled" in run.markdown(report).splitlines()[0]

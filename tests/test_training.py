@@ -173,7 +173,8 @@ def test_recipe_sets_cover_the_paper_variants():
         assert {f"cifar10_{mixer}_rope", f"cifar10_hybrid_{mixer}_rope"} <= paper
     assert {"cifar10_cct", "cifar10_ccn", "cifar10_ccp"} <= paper  # the paper's CCT X-formers
     cpu = {p.stem for p in (RECIPES_DIR / "cpu").glob("*.yaml")}
-    assert {f"cifar10_{name}" for name in ("cct", "ccn", "ccp", "pit", "pin", "pip")} <= cpu
+    backbone_rows = ("cct", "ccn", "ccp", "pit", "pin", "pip", "cvt", "cvn", "cvp", "levit", "levin", "levip")
+    assert {f"cifar10_{name}" for name in backbone_rows} <= cpu
     assert (RECIPES_DIR / "modern_cifar10.yaml").exists()
     assert len(list((RECIPES_DIR / "cpu").glob("*.yaml"))) >= 6
 
@@ -363,6 +364,33 @@ def test_augmentation_is_seeded_per_sample_and_keeps_shape(policy):
     if policy != "none":
         augmenter.epoch = 1
         assert not torch.equal(augmenter(images, [0, 1, 2, 3]), a)
+
+
+@pytest.mark.parametrize("size", [12, 24])  # the images are 12x12: unresized, resized
+def test_preloaded_images_give_the_per_item_samples(tmp_path, size):
+    """--preload_images decodes once; its items equal the per-item set_transform path's (augmented with the same
+    per-sample seeds at a later epoch, and not augmented for evaluation): exactly at the images' own size, up to
+    8-bit rounding of the resized pixels otherwise."""
+    from modeling_vix import VixImageProcessor
+    from training.preload import PreloadedImages
+    from training.train import make_transform
+
+    write_image_folder(tmp_path / "images", corrupt=False)
+    splits, info = load_splits(DataArguments(dataset_name=str(tmp_path / "images")), seed=0)
+    processor = VixImageProcessor(size={"height": size, "width": size})
+    augmenter = augment.Augmenter("crop_flip", seed=3)
+    augmenter.epoch = 2
+    columns = info["image_column"], info["label_column"]
+    for name, split_augmenter in (("train", augmenter), ("test", None)):
+        preloaded = PreloadedImages(splits[name], processor, *columns, augmenter=split_augmenter, chunk_size=3)
+        splits[name].set_transform(make_transform(processor, *columns, split_augmenter))
+        assert len(preloaded) == len(splits[name])
+        for index in range(len(preloaded)):
+            expected, item = splits[name][index], preloaded[index]
+            assert item["pixel_values"].shape == (3, size, size)
+            tolerance = 1e-5 if size == 12 else 1.01 / 255 / min(processor.image_std)
+            torch.testing.assert_close(item["pixel_values"], expected["pixel_values"], atol=tolerance, rtol=0)
+            assert int(item["labels"]) == expected["labels"]
 
 
 def test_randaugment_ops_are_valid_images():

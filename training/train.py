@@ -25,6 +25,7 @@ files, preprocessor_config.json, training_args.bin, metrics.json, recipe.yaml (e
 resolved, re-runnable on its own) and a model card (README.md) with the measured results.
 """
 
+import contextlib
 import json
 import logging
 import math
@@ -69,6 +70,7 @@ from .model_flags import (
     resolve_model_settings,
 )
 from .precision import PRECISIONS, Precision, resolve_precision
+from .preload import PreloadedImages
 from .recipe_files import RECIPE_SUFFIXES, find_recipe, resolve_recipe, write_recipe
 from .runs import RunTotals, check_launch, prepare_output_dir
 
@@ -111,6 +113,13 @@ class JobArguments:
                           "given with auto decide; with an explicit choice they must agree.",
                   "choices": PRECISIONS},
     )
+    channels_last: bool = field(default=False, metadata={
+        "help": "Keep conv weights and activations channels-last (NHWC): oneDNN's convolutions and pooling run "
+                "faster so on CPUs (benchmarks/results/training_step.md)."})
+    sdpa_backend: str = field(default="default", metadata={
+        "help": "default: torch picks the fused attention kernel; math: attention as matmul + softmax, much faster "
+                "to train on CPUs for short sequences (the fused CPU kernel's backward dominated a 64-token step).",
+        "choices": ("default", "math")})
 
 
 # TrainingArguments defaults of this job that differ from transformers' own (a recipe or a flag overrides them).
@@ -278,6 +287,15 @@ def make_transform(processor, image_column, label_column, augmenter=None):
     return transform
 
 
+def attention_backend(name: str):
+    """The `scaled_dot_product_attention` backend for a block of the run: torch's choice, or the math path."""
+    if name == "math":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel(SDPBackend.MATH)
+    return contextlib.nullcontext()
+
+
 def image_size_hw(config) -> tuple[int, int]:
     size = config.image_size
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
@@ -385,6 +403,8 @@ def run(argv=None, callbacks=None):
         metric = load_metric()
     labels = data_info["labels"]
     model, processor = build_model(settings, labels)
+    if job.channels_last:  # the weights; conv outputs follow them, so the inputs need not be converted
+        model = model.to(memory_format=torch.channels_last)
 
     augmenter = Augmenter(
         data_args.augmentation, seed=training_args.seed, crop_padding=data_args.crop_padding,
@@ -392,9 +412,13 @@ def run(argv=None, callbacks=None):
         random_erasing=data_args.random_erasing,
     )
     image_column, label_column = data_info["image_column"], data_info["label_column"]
-    splits["train"].set_transform(make_transform(processor, image_column, label_column, augmenter))
-    for name in ("validation", "test"):
-        splits[name].set_transform(make_transform(processor, image_column, label_column))
+    if data_args.preload_images:  # decoded once, here, not in every epoch (training/preload.py)
+        splits = {name: PreloadedImages(split, processor, image_column, label_column,
+                                        augmenter if name == "train" else None) for name, split in splits.items()}
+    else:
+        splits["train"].set_transform(make_transform(processor, image_column, label_column, augmenter))
+        for name in ("validation", "test"):
+            splits[name].set_transform(make_transform(processor, image_column, label_column))
 
     totals = RunTotals()
     trainer = Trainer(
@@ -402,11 +426,13 @@ def run(argv=None, callbacks=None):
         data_collator=DefaultDataCollator(), processing_class=processor, compute_metrics=make_compute_metrics(metric),
         callbacks=[EpochCallback(augmenter), totals, *(callbacks or [])],
     )
-    train_result = trainer.train(resume_from_checkpoint=resume)
+    with attention_backend(job.sdpa_backend):
+        train_result = trainer.train(resume_from_checkpoint=resume)
     whole_run = totals.whole_run(train_result.training_loss)
     final_dir = Path(training_args.output_dir) / "final"
     trainer.save_model(str(final_dir))  # on every rank: Trainer writes from the main process only
-    metrics = trainer.evaluate(splits["test"], metric_key_prefix="test")  # once, with the best validation model
+    with attention_backend(job.sdpa_backend):
+        metrics = trainer.evaluate(splits["test"], metric_key_prefix="test")  # once, with the best validation model
 
     metrics.update({
         "best_validation_accuracy": trainer.state.best_metric,
@@ -420,6 +446,8 @@ def run(argv=None, callbacks=None):
         "hardware": hardware_description(training_args.device),
         "world_size": training_args.world_size,
         **settings.precision.record,  # precision (what ran), precision_requested, precision_reason, cpu_capability
+        "channels_last": job.channels_last,
+        "sdpa_backend": job.sdpa_backend,
         "dataset": dataset_display_name(data_args),
         "split_sizes": data_info["split_sizes"],
         "skipped_images": data_info["skipped_images"],

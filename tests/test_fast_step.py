@@ -1,0 +1,102 @@
+"""The fast CPU-budget protocol (issue 13): each speed-up changes how fast a step runs, not what it computes.
+
+- `--channels_last`: the same logits and gradients as channels-first;
+- `--sdpa_backend math`: the same logits as torch's default attention kernel, for every attention mixer;
+- `tokenizer_batch_norm`: CCT's tokenizer gains a BatchNorm per conv, which trains and reloads;
+- the training job records both settings in metrics.json; the step benchmark renders its ratios against `before`.
+"""
+
+import json
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from benchmarks import training_step
+from conftest import tiny_cct_config
+from modeling_vix import VixCctForImageClassification
+from training.train import attention_backend, main
+
+
+ATTENTION_MIXERS = ("softmax", "nystrom", "performer", "linformer")
+
+
+def tiny_bn_cct(attention_type="softmax"):
+    torch.manual_seed(0)
+    config = tiny_cct_config(attention_type=attention_type, tokenizer_batch_norm=True, tokenizer_num_layers=2,
+                             tokenizer_stride=1, tokenizer_pooling_stride=2, attention_probs_dropout_prob=0.0,
+                             drop_path_rate=0.0)  # no randomness in training mode: two models compare exactly
+    return VixCctForImageClassification(config)
+
+
+def pixels(batch=4):
+    return torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def test_tokenizer_batch_norm_adds_one_batch_norm_per_conv_and_round_trips(tmp_path):
+    model = tiny_bn_cct()
+    norms = [layer.normalization for layer in model.cct.embeddings.tokenizer.layers]
+    assert len(norms) == 2 and all(isinstance(norm, torch.nn.BatchNorm2d) for norm in norms)
+    model.train()(pixels(), labels=torch.tensor([0, 1, 2, 3])).loss.backward()
+    assert all(norm.weight.grad is not None for norm in norms)
+    assert int(norms[0].num_batches_tracked) == 1
+    model.eval().save_pretrained(tmp_path)
+    reloaded = VixCctForImageClassification.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(pixels()).logits, model(pixels()).logits)
+    plain = VixCctForImageClassification(tiny_cct_config())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())  # off by default, as in CCT
+
+
+def test_channels_last_gives_the_same_logits_and_gradients():
+    reference, converted = tiny_bn_cct(), tiny_bn_cct().to(memory_format=torch.channels_last)
+    labels = torch.tensor([0, 1, 2, 3])
+    outputs = [model.train()(pixels(), labels=labels) for model in (reference, converted)]
+    torch.testing.assert_close(outputs[1].logits, outputs[0].logits, rtol=0, atol=1e-5)
+    for output in outputs:
+        output.loss.backward()
+    conv = [model.cct.embeddings.tokenizer.layers[0].convolution.weight for model in (reference, converted)]
+    assert conv[1].is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(conv[1].grad, conv[0].grad, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("attention_type", ATTENTION_MIXERS)
+@torch.no_grad()
+def test_math_attention_backend_gives_the_default_kernels_logits(attention_type):
+    model = tiny_bn_cct(attention_type).eval()
+    expected = model(pixels()).logits
+    with attention_backend("math"):
+        actual = model(pixels()).logits
+    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-5)
+    with attention_backend("default"):
+        torch.testing.assert_close(model(pixels()).logits, expected, rtol=0, atol=0)
+
+
+def test_math_backend_is_what_runs_inside_the_block():
+    """sdpa_kernel(MATH) holds inside the block only (the job wraps training and the test evaluation in it)."""
+    query = torch.randn(1, 1, 4, 8)
+    with attention_backend("math"):
+        with sdpa_kernel(SDPBackend.MATH):  # nesting the same choice is allowed; a refused backend would raise
+            torch.nn.functional.scaled_dot_product_attention(query, query, query)
+
+
+def test_training_job_records_the_fast_step_settings(tmp_path):
+    main(["--model_type", "vix_cct", "--tokenizer_batch_norm", "true", "--tokenizer_num_layers", "2",
+          "--tokenizer_hidden_channels", "8", "--hidden_size", "16", "--intermediate_size", "32",
+          "--num_hidden_layers", "1", "--num_attention_heads", "2", "--tokenizer_stride", "1",
+          "--tokenizer_pooling_stride", "2", "--max_steps", "2", "--max_train_samples", "64",
+          "--max_eval_samples", "32", "--channels_last", "true", "--sdpa_backend", "math", "--preload_images", "true",
+          "--output_dir", str(tmp_path), "--disable_tqdm", "true"])
+    metrics = json.loads((tmp_path / "final" / "metrics.json").read_text())
+    assert (metrics["channels_last"], metrics["sdpa_backend"]) == (True, "math")
+
+
+def test_step_benchmark_reads_its_model_from_the_fast_recipe_and_renders_ratios():
+    config = training_step.fast_cct_config("nystrom")
+    assert config.tokenizer_batch_norm and config.num_tokens == 64 and config.nystrom_num_landmarks == 16
+    report = {"machine": {"cpu": "Test CPU", "cores": 2, "torch": "2"}, "batch_size": 128, "steps": 8,
+              "warmup_steps": 3, "command": "python -m benchmarks.training_step",
+              "results": [{"attention_type": "softmax", "path": "before", "step_time_s": 0.4, "first_step_s": 1.0},
+                          {"attention_type": "softmax", "path": "fast", "step_time_s": 0.2, "first_step_s": 1.0}]}
+    text = training_step.markdown(report)
+    assert "| softmax | before | 0.400 | 1.00x |" in text and "| softmax | fast | 0.200 | 2.00x |" in text
