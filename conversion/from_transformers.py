@@ -34,6 +34,7 @@ from .common import (
     parse_config_overrides,
     run_cli,
 )
+from .transformers_sources import TransformersSourceArguments
 
 
 def _vit(source, output_dir, *, image_size, drop_distillation_token, **options) -> ConversionResult:
@@ -118,20 +119,13 @@ def convert_transformers(
 
 
 @dataclass
-class TransformersArguments:
-    """The source checkpoint and the target mixer."""
+class TransformersArguments(TransformersSourceArguments):
+    """The source checkpoint (ViT, DeiT, CvT or LeViT) and the target mixer, plus the ViT / DeiT-only options."""
 
-    model: str = field(metadata={"help": "A local folder or a Hub id of a ViT, DeiT, CvT or LeViT image classifier."})
-    revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit) to convert."})
-    attention_type: str = field(default="softmax", metadata={"help": "softmax|performer|nystrom|linformer"})
-    config_overrides: str | None = field(default=None, metadata={
-        "help": "Other fields of the target ViX config, 'key=value,key=value' (as training's --config_overrides), "
-                "e.g. 'nystrom_num_landmarks=49'."})
     image_size: list[int] | None = field(default=None, metadata={
         "help": "ViT / DeiT only: target image size (one int or height width); positions are resampled."})
     drop_distillation_token: bool = field(default=False, metadata={
         "help": "DeiT only: drop the distillation token and head (a plain ViX); the logit change is reported."})
-    seed: int = field(default=0, metadata={"help": "Seed for new Performer features / Linformer projections."})
 
 
 def cli_parser():

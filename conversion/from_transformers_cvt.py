@@ -30,7 +30,7 @@ Loading goes through `from_pretrained` without `trust_remote_code`; a checkpoint
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -58,10 +58,15 @@ from .common import (
     source_label,
     write_folder,
 )
-from .transformers_sources import load_classifier, processor_settings, read_processor
+from .transformers_sources import (
+    ATTENTION_TYPES,
+    TransformersSourceArguments,
+    load_classifier,
+    processor_settings,
+    read_processor,
+)
 
 
-ATTENTION_TYPES = tuple(name for name, can in MIXER_CAPABILITIES.items() if can.supports_rope)
 # The mixers' own tensors that a softmax source does not have: kept as the seeded new model drew them.
 NEW_PARAMETERS = (".mixer.seq_proj_k", ".mixer.seq_proj_v", ".mixer.projection_matrix", ".mixer.steps_since_redraw")
 RESIDUAL_CONV = ".mixer.residual_conv.weight"
@@ -295,21 +300,8 @@ def convert_transformers_cvt(
     return result
 
 
-@dataclass
-class TransformersCvtArguments:
-    """The source checkpoint and the target mixer."""
-
-    model: str = field(metadata={"help": "A local folder or a Hub id of a transformers CvT image classifier."})
-    revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit) to convert."})
-    attention_type: str = field(default="softmax", metadata={"help": "|".join(ATTENTION_TYPES)})
-    config_overrides: str | None = field(default=None, metadata={
-        "help": "Other VixCvtConfig fields, 'key=value,key=value' (as training's --config_overrides), e.g. "
-                "'nystrom_num_landmarks=49' or 'image_size=384'."})
-    seed: int = field(default=0, metadata={"help": "Seed for new Performer features / Linformer projections."})
-
-
 def cli_parser():
-    return make_parser(TransformersCvtArguments, "python -m conversion.from_transformers_cvt", __doc__)
+    return make_parser(TransformersSourceArguments, "python -m conversion.from_transformers_cvt", __doc__)
 
 
 def main(argv=None) -> ConversionResult:

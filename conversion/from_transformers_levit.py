@@ -28,7 +28,6 @@ Loading goes through `from_pretrained` without `trust_remote_code` (safetensors,
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -57,10 +56,15 @@ from .common import (
     source_label,
     write_folder,
 )
-from .transformers_sources import load_classifier, processor_settings, read_processor
+from .transformers_sources import (
+    ATTENTION_TYPES,
+    TransformersSourceArguments,
+    load_classifier,
+    processor_settings,
+    read_processor,
+)
 
 
-ATTENTION_TYPES = ("softmax", "performer", "nystrom", "linformer")
 SOURCE_CLASSES = ("LevitForImageClassification", "LevitForImageClassificationWithTeacher")
 # Mixer tensors the source has no counterpart for: kept from the seeded new model (the residual conv: zero).
 NEW_PARAMETERS = (".kernel.seq_proj_k", ".kernel.seq_proj_v", ".kernel.projection_matrix", ".kernel.steps_since_redraw")
@@ -261,21 +265,8 @@ def convert_loaded(source, source_model, attention_type, config_overrides, revis
     return result, pixels, outputs.logits, source_name
 
 
-@dataclass
-class TransformersLevitArguments:
-    """The source checkpoint and the target mixer."""
-
-    model: str = field(metadata={"help": "A local folder or a Hub id of a LeViT image classifier."})
-    revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit) to convert."})
-    attention_type: str = field(default="softmax", metadata={"help": "|".join(ATTENTION_TYPES)})
-    config_overrides: str | None = field(default=None, metadata={
-        "help": "Other VixLevitConfig fields for the target mixer, 'key=value,key=value' (as training's "
-                "--config_overrides), e.g. 'nystrom_num_landmarks=16'."})
-    seed: int = field(default=0, metadata={"help": "Seed for new Performer features / Linformer projections."})
-
-
 def cli_parser():
-    return make_parser(TransformersLevitArguments, "python -m conversion.from_transformers_levit", __doc__)
+    return make_parser(TransformersSourceArguments, "python -m conversion.from_transformers_levit", __doc__)
 
 
 def main(argv=None) -> ConversionResult:

@@ -60,11 +60,10 @@ from .common import (
     source_label,
     write_folder,
 )
-from .transformers_sources import load_classifier, processor_settings, read_processor
+from .transformers_sources import ATTENTION_TYPES, load_classifier, processor_settings, read_processor
 
 
 SUPPORTED_MODEL_TYPES = ("vit", "deit")
-ATTENTION_TYPES = ("softmax", "performer", "nystrom", "linformer")
 NEW_PARAMETERS = (".attention.seq_proj_k", ".attention.seq_proj_v", ".attention.projection_matrix")
 VIT_NORMALIZATION = (0.5, 0.5, 0.5)
 

@@ -8,12 +8,27 @@ every failure is one ConversionError line that names the source and says nothing
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .common import ConversionError, first_line
 
 
 PROCESSOR_FIELDS = ("image_mean", "image_std", "resample", "rescale_factor", "do_rescale", "do_normalize")
+ATTENTION_TYPES = ("softmax", "performer", "nystrom", "linformer")
+
+
+@dataclass
+class TransformersSourceArguments:
+    """The flags of every transformers converter's CLI: the source checkpoint and the target mixer."""
+
+    model: str = field(metadata={"help": "A local folder or a Hub id of a transformers image classifier."})
+    revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit) to convert."})
+    attention_type: str = field(default="softmax", metadata={"help": "|".join(ATTENTION_TYPES)})
+    config_overrides: str | None = field(default=None, metadata={
+        "help": "Other fields of the target ViX config, 'key=value,key=value' (as training's --config_overrides), "
+                "e.g. 'nystrom_num_landmarks=49'."})
+    seed: int = field(default=0, metadata={"help": "Seed for new Performer features / Linformer projections."})
 
 
 def load_or_refuse(from_pretrained, source, what: str, **kwargs):
@@ -89,4 +104,4 @@ def processor_settings(processor, defaults: dict) -> dict:
     return settings
 
 
-__all__ = ["load_classifier", "load_or_refuse", "processor_settings", "read_processor"]
+__all__ = ["TransformersSourceArguments", "load_classifier", "load_or_refuse", "processor_settings", "read_processor"]
