@@ -156,7 +156,14 @@ class VixMixerConfig(PreTrainedConfig):
 
     mixer_token_expansion: float | int = 1.0
 
+    # Fields a backbone takes as a sequence (its defaults are tuples): kept as lists, as config.json gives them
+    # back, so that a config equals its reload. An int (e.g. image_size 32) or None stays as it is.
+    list_fields = ("image_size",)
+
     def __post_init__(self, **kwargs):
+        for name in self.list_fields:
+            if isinstance(getattr(self, name), (list, tuple)):
+                setattr(self, name, list(getattr(self, name)))
         # The base config turns num_labels into an id2label of range(num_labels), which is empty for -1: check first.
         if isinstance(kwargs.get("num_labels"), int) and kwargs["num_labels"] < 0:
             raise ValueError(
@@ -166,6 +173,11 @@ class VixMixerConfig(PreTrainedConfig):
         # Construction raises the checks' own ValueError; strict's `validate()` (run next, and at save time)
         # would wrap it in its StrictDataclassClassValidationError, which is not a ValueError.
         self.validate_architecture()
+
+    @property
+    def image_size_hw(self) -> tuple[int, int]:
+        """`image_size` (every backbone has one) as (height, width)."""
+        return image_hw(self.image_size)
 
     @property
     def mixer_capabilities(self) -> MixerCapabilities:
@@ -295,15 +307,7 @@ class VixConfig(VixMixerConfig):
     conv_stem_downsampling: Literal["last_conv", "max_pool"] = "last_conv"
     patch_embedding_norm: bool = False
 
-    def __post_init__(self, **kwargs):
-        self.conv_stem_channels = list(self.conv_stem_channels)
-        if not isinstance(self.image_size, int):
-            self.image_size = list(self.image_size)
-        super().__post_init__(**kwargs)
-
-    @property
-    def image_size_hw(self) -> tuple[int, int]:
-        return image_hw(self.image_size)
+    list_fields = ("image_size", "conv_stem_channels")
 
     @property
     def attention_head_dim(self) -> int:

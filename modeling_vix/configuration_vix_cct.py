@@ -9,7 +9,7 @@ from typing import Literal
 
 from huggingface_hub.dataclasses import strict
 
-from .configuration_vix import VixMixerConfig, check_image_size, image_hw, require_at_least
+from .configuration_vix import VixMixerConfig, check_image_size, require_at_least
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -71,16 +71,7 @@ class VixCctConfig(VixMixerConfig):
     drop_path_rate: float | int = 0.1
     attention_probs_dropout_prob: float | int = 0.1
 
-    def __post_init__(self, **kwargs):
-        if not isinstance(self.image_size, int):
-            self.image_size = list(self.image_size)
-        if not isinstance(self.tokenizer_stride, int):
-            self.tokenizer_stride = list(self.tokenizer_stride)
-        super().__post_init__(**kwargs)
-
-    @property
-    def image_size_hw(self) -> tuple[int, int]:
-        return image_hw(self.image_size)
+    list_fields = ("image_size", "tokenizer_stride")
 
     @property
     def tokenizer_strides(self) -> list[int]:

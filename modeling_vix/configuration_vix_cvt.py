@@ -18,7 +18,7 @@ names, and the dropouts, qkv bias and LayerNorm epsilon are the single fields ev
 
 from huggingface_hub.dataclasses import strict
 
-from .configuration_vix import VixMixerConfig, check_image_size, image_hw, require_at_least
+from .configuration_vix import VixMixerConfig, check_image_size, require_at_least
 
 
 QKV_PROJECTION_METHODS = ("dw_bn", "avg", "linear")
@@ -99,16 +99,7 @@ class VixCvtConfig(VixMixerConfig):
     stride_q: list[int] | tuple[int, ...] = (1, 1, 1)
     qkv_bias: bool = True
 
-    def __post_init__(self, **kwargs):
-        if not isinstance(self.image_size, int):
-            self.image_size = list(self.image_size)
-        for name in PER_STAGE_FIELDS:
-            setattr(self, name, list(getattr(self, name)))
-        super().__post_init__(**kwargs)
-
-    @property
-    def image_size_hw(self) -> tuple[int, int]:
-        return image_hw(self.image_size)
+    list_fields = ("image_size", *PER_STAGE_FIELDS)
 
     @property
     def num_stages(self) -> int:

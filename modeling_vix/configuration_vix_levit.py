@@ -13,7 +13,7 @@ by a short rename table. What transformers fixes in code is a field here, at tra
 
 from huggingface_hub.dataclasses import strict
 
-from .configuration_vix import HiddenAct, VixMixerConfig, check_image_size, image_hw, require_at_least
+from .configuration_vix import HiddenAct, VixMixerConfig, check_image_size, require_at_least
 
 
 # The per-stage lists, in the order the config declares them.
@@ -81,16 +81,7 @@ class VixLevitConfig(VixMixerConfig):
     drop_path_rate: float | int = 0.0
     hidden_act: HiddenAct = "hardswish"
 
-    def __post_init__(self, **kwargs):
-        if not isinstance(self.image_size, int):
-            self.image_size = list(self.image_size)
-        for name in STAGE_FIELDS:
-            setattr(self, name, list(getattr(self, name)))
-        super().__post_init__(**kwargs)
-
-    @property
-    def image_size_hw(self) -> tuple[int, int]:
-        return image_hw(self.image_size)
+    list_fields = ("image_size", *STAGE_FIELDS)
 
     @property
     def num_stages(self) -> int:

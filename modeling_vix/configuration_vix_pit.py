@@ -12,7 +12,7 @@ from typing import Literal
 
 from huggingface_hub.dataclasses import strict
 
-from .configuration_vix import VixMixerConfig, check_image_size, image_hw, require_at_least, require_positive_sizes
+from .configuration_vix import VixMixerConfig, check_image_size, require_at_least, require_positive_sizes
 
 
 def pooled_size(size: int) -> int:
@@ -56,18 +56,7 @@ class VixPitConfig(VixMixerConfig):
     drop_path_rate: float | int = 0.0
     qkv_bias: bool = True
 
-    def __post_init__(self, **kwargs):
-        if not isinstance(self.image_size, int):
-            self.image_size = list(self.image_size)
-        self.hidden_sizes, self.depths = list(self.hidden_sizes), list(self.depths)
-        self.num_attention_heads = list(self.num_attention_heads)
-        if self.intermediate_sizes is not None:
-            self.intermediate_sizes = list(self.intermediate_sizes)
-        super().__post_init__(**kwargs)
-
-    @property
-    def image_size_hw(self) -> tuple[int, int]:
-        return image_hw(self.image_size)
+    list_fields = ("image_size", "hidden_sizes", "depths", "num_attention_heads", "intermediate_sizes")
 
     @property
     def num_stages(self) -> int:
