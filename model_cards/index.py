@@ -3,7 +3,8 @@
     build_index_card(entries, title="ViX model zoo", endpoint="https://huggingface.co")
 
 Each entry is a dict with `repo_id`, `revision` (the commit its card pins), `config`, `metrics` and `measured`
-(what `measure.measure_architecture` returns). Like the variant cards, every number comes from those.
+(what `measure.measure_architecture` returns), and optionally `featured` (published with `--featured`): featured
+entries come first, in a table of their own. Like the variant cards, every number comes from those.
 """
 
 from huggingface_hub import ModelCard, ModelCardData
@@ -56,6 +57,18 @@ def results_table(entries: list[dict], endpoint: str) -> str:
     return "\n".join(lines)
 
 
+def results_sections(entries: list[dict], endpoint: str) -> list[str]:
+    """One table, or, when some entries are featured, a "Flagship" table of those first and then the others."""
+    featured = [entry for entry in entries if entry.get("featured")]
+    others = [entry for entry in entries if not entry.get("featured")]
+    if not featured:
+        return [results_table(entries, endpoint), ""]
+    lines = ["## Flagship", "", "The zoo's best checkpoints:", "", results_table(featured, endpoint), ""]
+    if others:
+        lines += ["## All other variants", "", results_table(others, endpoint), ""]
+    return lines
+
+
 def protocol_lines(entries: list[dict]) -> list[str]:
     """One line per distinct (dataset, hardware): where the numbers were measured."""
     seen = {}
@@ -78,7 +91,7 @@ def build_index_card(entries: list[dict], title: str = "ViX model zoo",
         f"ViX (*Vision Xformers*, [arXiv 2107.02239]({PAPER_URL})) variants: one ViT in which only the token mixer, "
         "the patch embedding and the position encoding change. Each row links to a repository whose card has the "
         "full configuration, training recipe, protocol and limitations.", "",
-        results_table(entries, endpoint), "",
+        *results_sections(entries, endpoint),
         "Test accuracy is one evaluation of each run's test split (each card says how its checkpoint was chosen); "
         "every number comes from the `metrics.json` of the run that produced the weights, and FLOPs and tokens are "
         "counted on the model at batch 1. Where the numbers were measured:", "",

@@ -59,6 +59,7 @@ INDEX_DATA = "zoo.json"  # the index repo's entries, read back and merged by the
 class Target:
     folder: Path
     repo_id: str
+    featured: bool = False  # listed first in the index card, as the zoo's flagship
 
 
 @dataclass
@@ -242,7 +243,7 @@ def index_entry(target: Target, revision: str | None) -> dict:
 
     config, metrics, recipe = read_folder(target.folder)
     return {"repo_id": target.repo_id, "revision": revision, "config": config, "metrics": metrics, "recipe": recipe,
-            "measured": measure_architecture(config)}
+            "measured": measure_architecture(config), "featured": target.featured}
 
 
 def remote_pin(api, repo_id: str, revision: str, siblings: list[str]) -> str | None:
@@ -390,8 +391,9 @@ def dry_run(targets: list[Target], index_repo: str | None, endpoint: str) -> lis
             print(f"    not uploaded: {', '.join(excluded)}")
         outcomes.append(Outcome(target.repo_id, target.folder, "dry-run"))
     if index_repo:
+        where = " in its Flagship table" if any(target.featured for target in targets) else ""
         print(f"\n{index_repo}  <-  index card (README.md, {INDEX_DATA}): adds or replaces these {len(targets)} "
-              "variants, keeps the others it lists")
+              f"variants{where}, keeps the others it lists")
     return outcomes
 
 
@@ -420,6 +422,9 @@ class PublishArguments:
     private: bool = field(default=False, metadata={"help": "Create new repos as private."})
     index_repo: str | None = field(default=None, metadata={
         "help": "Repo for the index card (default: <repo_prefix>zoo); '' for none."})
+    featured: bool = field(default=False, metadata={
+        "help": "List these variants first in the index card, in its 'Flagship' table (the zoo's best "
+                "checkpoints); re-publishing a variant without it moves it back to the other variants."})
     token: str | None = field(default=None, metadata={"help": "Hub token (default: HF_TOKEN or the saved login)."})
     endpoint: str | None = field(default=None, metadata={
         "help": "Hub URL (default: HF_ENDPOINT, else https://huggingface.co); prefer HF_ENDPOINT, which every "
@@ -444,7 +449,7 @@ def collect_targets(args: PublishArguments) -> list[Target]:
     pairs = [(folder, folder_name(folder)) for folder in args.folders]
     if args.results:
         pairs += folders_from_results(args.results)
-    return [Target(folder, repo_id_for(args.repo_prefix, name)) for folder, name in pairs]
+    return [Target(folder, repo_id_for(args.repo_prefix, name), args.featured) for folder, name in pairs]
 
 
 def main(argv=None) -> int:

@@ -239,6 +239,13 @@ def test_index_card_lists_variants_side_by_side(tmp_path):
     assert len(rows) == 2
     assert "[team/vix-vit](https://hub.example/team/vix-vit)" in rows[0] and "50.00%" in rows[0] and "96.88%" in rows[0]
     assert "| ViL |" in rows[1] and "60.00%" in rows[1] and "| – |" in rows[1]  # no top-5 measured: a dash
+    assert "## Flagship" not in loaded.text  # nothing featured: one table
+
+    entries[1]["featured"] = True  # published with --featured: first, in a table of its own
+    text = build_index_card(entries, endpoint="https://hub.example").text
+    flagship, others = text.split("## Flagship")[1].split("## All other variants")
+    assert "[team/vix-vil]" in flagship and "[team/vix-vit]" not in flagship
+    assert "[team/vix-vit]" in others and "[team/vix-vil]" not in others
 
 
 BACKBONE_CARD_CASES = {  # model_type -> (tiny config builder, attention type, paper name, position, pooling)

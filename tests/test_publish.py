@@ -307,6 +307,14 @@ def test_publishing_one_folder_keeps_the_other_variants_in_the_index(zoo, tmp_pa
         entries = json.loads(hub.files(INDEX)["zoo.json"])["entries"]
         assert entries[0]["revision"] == pinned_revision(hub.files(first)["README.md"].decode())
 
+        # --featured lists the second variant first (the zoo's flagship) and zoo.json keeps that for later publishes
+        assert run_publish(hub, "--folders", folders(zoo)[second], "--repo_prefix", PREFIX, "--featured") == 0
+        assert [row.split("]")[0] for row in index_rows(hub)] == [f"| [{second}", f"| [{first}"]
+        assert run_publish(hub, "--folders", changed, "--repo_prefix", PREFIX) == 0
+        assert [row.split("]")[0] for row in index_rows(hub)] == [f"| [{second}", f"| [{first}"]
+        card = hub.files(INDEX)["README.md"].decode()
+        assert card.index("## Flagship") < card.index(f"| [{second}") < card.index("## All") < card.index(f"| [{first}")
+
 
 def test_repo_names_are_what_the_readme_says():
     """The README's one-folder example publishes to the repo its comment names (the prefix is not doubled)."""

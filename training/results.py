@@ -6,7 +6,8 @@
 Each recipe runs as its own `python -m training.train <recipe> --output_dir <output_dir>/runs/<name>` process
 (arguments after `--` are appended to every run), so peak memory is measured per run. The numbers come only
 from each run's `final/metrics.json`: accuracy, parameters, training time, peak memory, hardware.
-Writes <output_dir>/results.json, results.md and results.png (accuracy against parameters and against memory).
+Writes <output_dir>/results.json, results.md and results.png (accuracy against parameters and against memory),
+and results_curves.png (validation accuracy against training minutes) for runs whose checkpoints hold their history.
 `--append_to benchmarks/results/cifar10_cpu_budget.json` adds (or replaces, by recipe) the new rows in an
 existing results table instead, keeping its rows and the commands that produced them.
 A run folder that already holds a run is refused by training.train: pass --skip_existing to reuse it, or
@@ -20,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from .recipe_files import find_recipe
+from .recipe_files import find_recipe, load_mapping
 
 
 # Recipe and run paths in results.json are relative to the repository checkout this file runs from; installed
@@ -33,6 +34,7 @@ REPO_ROOT = _PARENT if (_PARENT / "setup.cfg").is_file() else Path.cwd()
 COLUMNS = (
     ("recipe", "recipe", str),
     ("model", "variant", str),
+    ("seed", "seed", str),
     ("test top-1", "test_accuracy", lambda v: f"{100 * v:.2f}%"),
     ("test top-5", "test_top5_accuracy", lambda v: f"{100 * v:.2f}%"),
     ("params", "num_parameters", lambda v: f"{v / 1e6:.2f}M"),
@@ -67,8 +69,25 @@ def run_recipe(recipe: Path, run_dir: Path, extra_args, skip_existing: bool) -> 
     else:  # the checkout's top-level packages (a try/except ImportError would hide e.g. a missing jinja2)
         from model_cards.card import variant_name
 
+    seed = load_mapping(REPO_ROOT / run_dir / "final" / "recipe.yaml").get("seed")
     return {"recipe": recipe.stem, "recipe_path": str(recipe), "variant": variant_name(config), "run_dir": str(run_dir),
-            **metrics}
+            "seed": seed, **metrics, "validation_curve": validation_curve(REPO_ROOT / run_dir, metrics)}
+
+
+def validation_curve(run_dir: Path, metrics: dict) -> list[dict]:
+    """Validation accuracy after each evaluation: [{"epoch", "step", "minutes", "accuracy"}], [] without checkpoints.
+
+    The history is the newest checkpoint's trainer_state.json (Trainer keeps it beside the best one, so it holds
+    every evaluation). Trainer logs no clock time, so `minutes` shares `train_runtime` out by step: every step
+    has the same batch shape and every evaluation the same size, so step k of N ends about k/N into the run.
+    """
+    checkpoints = sorted(run_dir.glob("checkpoint-*"), key=lambda path: int(path.name.rsplit("-", 1)[1]))
+    if not checkpoints or not metrics.get("global_steps") or not metrics.get("train_runtime"):
+        return []
+    history = json.loads((checkpoints[-1] / "trainer_state.json").read_text())["log_history"]
+    seconds_per_step = metrics["train_runtime"] / metrics["global_steps"]
+    return [{"epoch": entry["epoch"], "step": entry["step"], "minutes": round(entry["step"] * seconds_per_step / 60, 2),
+             "accuracy": entry["eval_accuracy"]} for entry in history if "eval_accuracy" in entry]
 
 
 def markdown_table(rows) -> str:
@@ -103,6 +122,34 @@ def plot(rows, path: Path) -> None:
     plt.close(figure)
 
 
+def plot_curves(rows, path: Path) -> bool:
+    """Validation accuracy against training minutes, one line per run that has a curve; False if none has."""
+    rows = [row for row in rows if row.get("validation_curve")]
+    if not rows:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for row in rows:
+        curve = row["validation_curve"]
+        label = f"{row['variant']} ({row['recipe']}, {100 * row['test_accuracy']:.2f}% test)"
+        axis.plot([point["minutes"] for point in curve], [100 * point["accuracy"] for point in curve],
+                  marker="o", markersize=3, label=label)
+    axis.set_xlabel("training minutes (train_runtime, shared out by step)")
+    axis.set_ylabel("validation top-1 accuracy (%)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+    hardware = sorted({row.get("hardware", "?") for row in rows})
+    axis.set_title(f"ViX: validation accuracy during training ({'; '.join(hardware)})", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = []
@@ -134,8 +181,9 @@ def main(argv=None):
     header = "\n".join(f"Command (from the repository root): `{line}`" for line in commands)
     json_path.with_suffix(".md").write_text(header + "\n\n" + markdown_table(rows))
     plot(rows, json_path.with_suffix(".png"))
+    curves = plot_curves(rows, json_path.with_name(json_path.stem + "_curves.png"))
     print(markdown_table(rows))
-    print(f"wrote {json_path} and its .md and .png")
+    print(f"wrote {json_path} and its .md and .png" + (" and _curves.png" if curves else ""))
     return rows
 
 
