@@ -403,22 +403,15 @@ def test_randaugment_ops_are_valid_images():
 
 # --- results script ------------------------------------------------------------------------------------
 
-def test_validation_curve_reads_the_newest_checkpoint_and_shares_the_runtime_out_by_step(tmp_path):
-    from training.results import validation_curve
+def test_validation_curve_keeps_each_evaluation_and_shares_the_runtime_out_by_step():
+    from training.train import validation_curve
 
-    def checkpoint(step, evaluations):
-        folder = tmp_path / f"checkpoint-{step}"
-        folder.mkdir()
-        history = [{"loss": 2.0, "epoch": 0.5, "step": 5}]
-        history += [{"eval_accuracy": accuracy, "epoch": epoch, "step": epoch * 10} for epoch, accuracy in evaluations]
-        (folder / "trainer_state.json").write_text(json.dumps({"log_history": history}))
-
-    checkpoint(9, [(1, 0.5)])  # the best, older: its history stops early
-    checkpoint(10, [(1, 0.5), (2, 0.625)])  # the newest by step number (not by name: "10" < "9")
-    curve = validation_curve(tmp_path, {"global_steps": 20, "train_runtime": 600.0})
-    assert curve == [{"epoch": 1, "step": 10, "minutes": 5.0, "accuracy": 0.5},
-                     {"epoch": 2, "step": 20, "minutes": 10.0, "accuracy": 0.625}]
-    assert validation_curve(tmp_path / "absent", {"global_steps": 20, "train_runtime": 600.0}) == []
+    history = [{"loss": 2.0, "epoch": 0.5, "step": 5}, {"eval_accuracy": 0.5, "epoch": 1.0, "step": 10},
+               {"loss": 1.5, "epoch": 1.5, "step": 15}, {"eval_accuracy": 0.625, "epoch": 2.0, "step": 20},
+               {"train_runtime": 600.0, "epoch": 2.0, "step": 20}]
+    assert validation_curve(history, train_runtime=600.0, global_steps=20) == [
+        {"epoch": 1.0, "step": 10, "minutes": 5.0, "accuracy": 0.5},
+        {"epoch": 2.0, "step": 20, "minutes": 10.0, "accuracy": 0.625}]
 
 
 def test_results_script_on_a_tiny_recipe(tmp_path):
@@ -438,7 +431,7 @@ def test_results_script_on_a_tiny_recipe(tmp_path):
     assert saved_rows[0]["test_accuracy"] == rows[0]["test_accuracy"]
     assert (tmp_path / "results" / "results.png").read_bytes()[:4] == b"\x89PNG"
     assert saved_rows[0]["seed"] == 0  # from the run's recipe.yaml (train.py's default)
-    curve = saved_rows[0]["validation_curve"]  # one point per epoch: 2 steps of 32 samples at batch 64
+    curve = saved_rows[0]["validation_curve"]  # from metrics.json: one point per epoch (1 step of 32 samples each)
     assert [point["step"] for point in curve] == [1, 2]
     assert curve[-1]["minutes"] == pytest.approx(rows[0]["train_runtime"] / 60, abs=0.01)
     assert all(0 <= point["accuracy"] <= 1 for point in curve)

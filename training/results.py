@@ -7,7 +7,7 @@ Each recipe runs as its own `python -m training.train <recipe> --output_dir <out
 (arguments after `--` are appended to every run), so peak memory is measured per run. The numbers come only
 from each run's `final/metrics.json`: accuracy, parameters, training time, peak memory, hardware.
 Writes <output_dir>/results.json, results.md and results.png (accuracy against parameters and against memory),
-and results_curves.png (validation accuracy against training minutes) for runs whose checkpoints hold their history.
+and results_curves.png (validation accuracy against training minutes: each run's metrics.json `validation_curve`).
 `--append_to benchmarks/results/cifar10_cpu_budget.json` adds (or replaces, by recipe) the new rows in an
 existing results table instead, keeping its rows and the commands that produced them.
 A run folder that already holds a run is refused by training.train: pass --skip_existing to reuse it, or
@@ -71,23 +71,7 @@ def run_recipe(recipe: Path, run_dir: Path, extra_args, skip_existing: bool) -> 
 
     seed = load_mapping(REPO_ROOT / run_dir / "final" / "recipe.yaml").get("seed")
     return {"recipe": recipe.stem, "recipe_path": str(recipe), "variant": variant_name(config), "run_dir": str(run_dir),
-            "seed": seed, **metrics, "validation_curve": validation_curve(REPO_ROOT / run_dir, metrics)}
-
-
-def validation_curve(run_dir: Path, metrics: dict) -> list[dict]:
-    """Validation accuracy after each evaluation: [{"epoch", "step", "minutes", "accuracy"}], [] without checkpoints.
-
-    The history is the newest checkpoint's trainer_state.json (Trainer keeps it beside the best one, so it holds
-    every evaluation). Trainer logs no clock time, so `minutes` shares `train_runtime` out by step: every step
-    has the same batch shape and every evaluation the same size, so step k of N ends about k/N into the run.
-    """
-    checkpoints = sorted(run_dir.glob("checkpoint-*"), key=lambda path: int(path.name.rsplit("-", 1)[1]))
-    if not checkpoints or not metrics.get("global_steps") or not metrics.get("train_runtime"):
-        return []
-    history = json.loads((checkpoints[-1] / "trainer_state.json").read_text())["log_history"]
-    seconds_per_step = metrics["train_runtime"] / metrics["global_steps"]
-    return [{"epoch": entry["epoch"], "step": entry["step"], "minutes": round(entry["step"] * seconds_per_step / 60, 2),
-             "accuracy": entry["eval_accuracy"]} for entry in history if "eval_accuracy" in entry]
+            "seed": seed, **metrics}
 
 
 def markdown_table(rows) -> str:
@@ -122,6 +106,13 @@ def plot(rows, path: Path) -> None:
     plt.close(figure)
 
 
+def curve_notes(rows) -> str:
+    """Where a validation curve did not come from train.py itself (metrics.json's `validation_curve_source`)."""
+    notes = [f"- {row['recipe']}: validation curve from {row['validation_curve_source']}"
+             for row in rows if row.get("validation_curve_source")]
+    return "\nValidation curves (in the JSON and the _curves.png):\n" + "\n".join(notes) + "\n" if notes else ""
+
+
 def plot_curves(rows, path: Path) -> bool:
     """Validation accuracy against training minutes, one line per run that has a curve; False if none has."""
     rows = [row for row in rows if row.get("validation_curve")]
@@ -135,7 +126,8 @@ def plot_curves(rows, path: Path) -> bool:
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for row in rows:
         curve = row["validation_curve"]
-        label = f"{row['variant']} ({row['recipe']}, {100 * row['test_accuracy']:.2f}% test)"
+        seed = f" seed {row['seed']}" if row.get("seed") is not None else ""
+        label = f"{row['variant']}{seed} ({row['recipe']}, {100 * row['test_accuracy']:.2f}% test)"
         axis.plot([point["minutes"] for point in curve], [100 * point["accuracy"] for point in curve],
                   marker="o", markersize=3, label=label)
     axis.set_xlabel("training minutes (train_runtime, shared out by step)")
@@ -179,7 +171,7 @@ def main(argv=None):
         rows = sorted(kept + rows, key=lambda row: -row.get("test_accuracy", 0))
     json_path.write_text(json.dumps(rows, indent=2, default=str))
     header = "\n".join(f"Command (from the repository root): `{line}`" for line in commands)
-    json_path.with_suffix(".md").write_text(header + "\n\n" + markdown_table(rows))
+    json_path.with_suffix(".md").write_text(header + "\n\n" + markdown_table(rows) + curve_notes(rows))
     plot(rows, json_path.with_suffix(".png"))
     curves = plot_curves(rows, json_path.with_name(json_path.stem + "_curves.png"))
     print(markdown_table(rows))

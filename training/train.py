@@ -358,6 +358,17 @@ def training_device(use_cpu: bool) -> str:
     return "cuda" if torch.cuda.is_available() and not use_cpu else "cpu"
 
 
+def validation_curve(log_history: list[dict], train_runtime: float, global_steps: int) -> list[dict]:
+    """Validation accuracy after each evaluation: [{"epoch", "step", "minutes", "accuracy"}].
+
+    Trainer logs no clock time, so `minutes` shares the run's train_runtime out by step: every step has the same
+    batch shape and every evaluation the same size, so step k of N ends about k/N into the run.
+    """
+    seconds_per_step = train_runtime / max(global_steps, 1)
+    return [{"epoch": entry["epoch"], "step": entry["step"], "minutes": round(entry["step"] * seconds_per_step / 60, 2),
+             "accuracy": entry["eval_accuracy"]} for entry in log_history if "eval_accuracy" in entry]
+
+
 def hardware_description(device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (1 GPU)"
@@ -441,6 +452,8 @@ def run(argv=None, callbacks=None):
         **whole_run,  # train_runtime and train_loss of the whole run, across resumes
         "epochs": trainer.state.epoch,
         "global_steps": trainer.state.global_step,
+        "validation_curve": validation_curve(trainer.state.log_history, whole_run["train_runtime"],
+                                             trainer.state.global_step),
         "num_parameters": trainer.model.num_parameters(),
         "peak_memory_mb": round(peak_memory_mb(training_args.device), 1),
         "hardware": hardware_description(training_args.device),
