@@ -390,7 +390,12 @@ RESULT_ROWS = (("test top-1 accuracy", "test_accuracy", pct), ("test top-5 accur
 
 
 def result_rows(metrics: dict) -> list[tuple[str, str]]:
-    return [(label, fmt(metrics[key])) for label, key, fmt in RESULT_ROWS if metrics.get(key) is not None]
+    rows = [(label, fmt(metrics[key])) for label, key, fmt in RESULT_ROWS if metrics.get(key) is not None]
+    if metrics.get("validation_curve"):  # the learning curve: accuracy after each evaluation, in training order
+        curve = metrics["validation_curve"]
+        rows.append((f"validation top-1 after each of {len(curve)} evaluations",
+                     ", ".join(f"{100 * point['accuracy']:.1f}" for point in curve) + " %"))
+    return rows
 
 
 def resolution_limit(config: dict, measured: dict) -> str:

@@ -83,6 +83,15 @@ def test_card_states_measured_numbers_and_nothing_else():
     card = build_model_card(config, partial, RECIPE)
     assert [r.metric_type for r in card.data.eval_results] == ["accuracy"]
     assert "top-5 accuracy" not in card.text and "training time" not in card.text and "peak memory" not in card.text
+    assert "after each of" not in card.text  # a run from before metrics.json recorded the curve: no curve row
+
+
+def test_card_shows_the_validation_curve_the_run_recorded():
+    config = config_dict(attention_type="nystrom")
+    curve = [{"epoch": 1.0, "step": 4, "minutes": 1.1, "accuracy": 0.5}, {"epoch": 2.0, "step": 8, "minutes": 2.2,
+                                                                            "accuracy": 0.84375}]
+    text = build_model_card(config, {**METRICS, "validation_curve": curve}, RECIPE).text
+    assert re.search(r"validation top-1 after each of 2 evaluations\s*\|\s*50\.0, 84\.4 %", text)
 
 
 def test_card_states_the_precision_with_why_it_ran_when_the_run_recorded_it():
