@@ -9,7 +9,6 @@ Both pipelines run in this process through the same `DataLoader` settings as the
 (no workers, `DefaultDataCollator`); the preload's one-off decoding time is reported separately.
 """
 
-import json
 import statistics
 import sys
 import time
@@ -20,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import DefaultDataCollator, HfArgumentParser
 
-from benchmarks.run import RESULTS_DIR, describe_machine
+from benchmarks.run import describe_machine, save_report
 from modeling_vix import VixImageProcessor
 from training.augment import Augmenter
 from training.data import DataArguments, load_splits
@@ -99,10 +98,7 @@ def markdown(result: dict) -> str:
 def main(argv=None):
     (args,) = HfArgumentParser(PipelineArguments).parse_args_into_dataclasses(args=argv)
     result = measure(args)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / f"{args.name}.json").write_text(json.dumps(result, indent=2))
-    (RESULTS_DIR / f"{args.name}.md").write_text(markdown(result))
-    print(markdown(result))
+    save_report(args.name, result, markdown(result))
 
 
 if __name__ == "__main__":

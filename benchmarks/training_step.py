@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import HfArgumentParser
 
-from benchmarks.run import RESULTS_DIR, describe_machine
+from benchmarks.run import describe_machine, save_report
 from training.precision import resolve_precision
 
 
@@ -151,10 +151,7 @@ def main(argv=None):
             result = measure_in_subprocess(attention_type, path, args)
             print(result, flush=True)
             report["results"].append(result)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / f"{args.name}.json").write_text(json.dumps(report, indent=2))
-    (RESULTS_DIR / f"{args.name}.md").write_text(markdown(report))
-    print(markdown(report))
+    save_report(args.name, report, markdown(report))
 
 
 if __name__ == "__main__":

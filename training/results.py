@@ -82,13 +82,27 @@ def markdown_table(rows) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(rows, path: Path) -> None:
+def pyplot():
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    return plt
+
+
+def hardware_text(rows) -> str:
+    return "; ".join(sorted({row.get("hardware", "?") for row in rows}))
+
+
+def save_figure(figure, path: Path) -> None:
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    pyplot().close(figure)
+
+
+def plot(rows, path: Path) -> None:
+    figure, axes = pyplot().subplots(1, 2, figsize=(11, 4.5))
     for axis, key, label in ((axes[0], "num_parameters", "parameters (millions)"),
                              (axes[1], "peak_memory_mb", "peak memory (MiB)")):
         for row in rows:
@@ -99,11 +113,8 @@ def plot(rows, path: Path) -> None:
         axis.set_xlabel(label)
         axis.set_ylabel("test top-1 accuracy (%)")
         axis.grid(alpha=0.3)
-    hardware = sorted({row.get("hardware", "?") for row in rows})
-    figure.suptitle(f"ViX: accuracy against size and memory ({'; '.join(hardware)})", fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    figure.suptitle(f"ViX: accuracy against size and memory ({hardware_text(rows)})", fontsize=9)
+    save_figure(figure, path)
 
 
 def curve_notes(rows) -> str:
@@ -118,12 +129,7 @@ def plot_curves(rows, path: Path) -> bool:
     rows = [row for row in rows if row.get("validation_curve")]
     if not rows:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7, 4.5))
+    figure, axis = pyplot().subplots(figsize=(7, 4.5))
     for row in rows:
         curve = row["validation_curve"]
         seed = f" seed {row['seed']}" if row.get("seed") is not None else ""
@@ -134,11 +140,8 @@ def plot_curves(rows, path: Path) -> bool:
     axis.set_ylabel("validation top-1 accuracy (%)")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7)
-    hardware = sorted({row.get("hardware", "?") for row in rows})
-    axis.set_title(f"ViX: validation accuracy during training ({'; '.join(hardware)})", fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    axis.set_title(f"ViX: validation accuracy during training ({hardware_text(rows)})", fontsize=9)
+    save_figure(figure, path)
     return True
 
 
