@@ -10,7 +10,7 @@ here, for each path:
 - `before`: what the CPU-budget recipes ran until now (channels-first convs, torch's default attention kernel);
 - `channels_last`: the model's conv weights channels-last (`--channels_last`);
 - `sdpa_math`: attention as matmul + softmax (`--sdpa_backend math`) instead of the fused CPU kernel;
-- `fast`: both (the fast protocol, `bases/cpu_fast_training.yaml`);
+- `fast`: both (the CPU-budget protocol's step, `bases/cpu_training.yaml`);
 - `fast + compile`: and `torch.compile` (inductor), as Trainer's `--torch_compile` would.
 
 Each path runs in a fresh process (no shared caches or allocator state); times are medians after warm-up, and

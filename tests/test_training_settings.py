@@ -169,7 +169,8 @@ def test_config_overrides_on_a_checkpoint_build_the_new_mixer_and_keep_the_share
 
 # Two variants exactly as their files read before recipes had a base (training/recipes/{cpu,paper}/*.yaml,
 # ~40 lines each): the resolved recipe must give a run the same settings. Since then: `precision` replaced the CPU
-# protocol's `bf16: true` (auto: bf16 only on CPUs with native bf16) and states the paper protocol's fp32.
+# protocol's `bf16: true` (auto: bf16 only on CPUs with native bf16) and states the paper protocol's fp32, and the CPU
+# protocol gained the fast step of issue 13 (preload_images, channels_last, sdpa_backend math).
 CPU_HYBRID_VIT = {
     "dataset_name": "../shared/data/cifar10", "dataset_hub_id": "uoft-cs/cifar10",
     "output_dir": "outputs/cpu/cifar10_hybrid_vit", "attention_type": "softmax", "embedding_type": "conv",
@@ -181,6 +182,7 @@ CPU_HYBRID_VIT = {
     "label_smoothing_factor": 0.1, "precision": "auto", "use_cpu": True, "eval_strategy": "epoch",
     "save_strategy": "epoch", "save_total_limit": 1, "load_best_model_at_end": True,
     "metric_for_best_model": "accuracy", "logging_steps": 50,
+    "preload_images": True, "channels_last": True, "sdpa_backend": "math",
 }
 PAPER_HYBRID_VIN_ROPE = {
     "dataset_name": "uoft-cs/cifar10", "output_dir": "outputs/paper/cifar10_hybrid_vin_rope",
