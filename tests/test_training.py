@@ -424,6 +424,7 @@ def test_results_script_on_a_tiny_recipe(tmp_path):
                           "max_eval_samples": 16, "max_steps": 2, "disable_tqdm": True})
     rows = results.main([str(recipe), "--output_dir", str(tmp_path / "results"), "--", "--logging_steps", "1"])
     assert len(rows) == 1 and rows[0]["variant"] == "Hybrid FNet"
+    assert (rows[0]["model_type"], rows[0]["attention_type"]) == ("vix", "fnet")  # from the run's config.json
     table = (tmp_path / "results" / "results.md").read_text()
     assert "| tiny_digits | Hybrid FNet |" in table and "MiB" in table
     assert f"python -m training.results {recipe} --output_dir" in table.splitlines()[0]  # how to reproduce it

@@ -71,7 +71,7 @@ def run_recipe(recipe: Path, run_dir: Path, extra_args, skip_existing: bool) -> 
 
     seed = load_mapping(REPO_ROOT / run_dir / "final" / "recipe.yaml").get("seed")
     return {"recipe": recipe.stem, "recipe_path": str(recipe), "variant": variant_name(config), "run_dir": str(run_dir),
-            "seed": seed, **metrics}
+            "model_type": config["model_type"], "attention_type": config["attention_type"], "seed": seed, **metrics}
 
 
 def markdown_table(rows) -> str:
