@@ -30,13 +30,6 @@ from training.train import cpu_model_name
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
-
-def save_report(name: str, report: dict, markdown_text: str) -> None:
-    """benchmarks/results/<name>.json and .md, and the markdown on stdout (the one-table benchmarks)."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / f"{name}.json").write_text(json.dumps(report, indent=2))
-    (RESULTS_DIR / f"{name}.md").write_text(markdown_text)
-    print(markdown_text)
 SCALING_SIZES = (32, 48, 64, 96)  # patch 1: 1025, 2305, 4097, 9217 tokens
 # transformers' eager ViT stores every N x N map: above 1025 tokens it needs 10+ GB here, so it sits out the sweep.
 SCALING_MODELS = ("vix-softmax", "vix-performer", "vix-linformer", "vix-nystrom", "vix-fnet", "hf-vit-sdpa")
@@ -50,6 +43,14 @@ BACKBONE_SWEEPS = {
     "levit": ((128, 256, 512), lambda image_size: (image_size // 16) ** 2),
 }
 BACKBONE_TOKENS_BUDGET = 32 * 256  # batch x tokens per step, so the batch shrinks as the images grow
+
+
+def save_report(name: str, report: dict, markdown_text: str) -> None:
+    """benchmarks/results/<name>.json and .md, and the markdown on stdout (the one-table benchmarks)."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    (RESULTS_DIR / f"{name}.json").write_text(json.dumps(report, indent=2))
+    (RESULTS_DIR / f"{name}.md").write_text(markdown_text)
+    print(markdown_text)
 
 
 @dataclass
