@@ -1,11 +1,12 @@
 """The training step, before and after each speed-up of the fast CPU-budget protocol, in the same run (issue 13).
 
     python -m benchmarks.training_step                    # writes benchmarks/results/training_step.{json,md}
-    python -m benchmarks.training_step --attention_types softmax nystrom --steps 6
+    python -m benchmarks.training_step --recipes cpu/cifar10_ccp.yaml cpu/cifar10_levin.yaml --paths before fast
 
-One AdamW step (forward with the loss, backward, update) of the model of `training/recipes/fast/cifar10_cct_bn.yaml`
-(CCT with a BatchNorm conv tokenizer, 64 tokens) at batch 128 on 32x32 images, under the precision `auto` picks
-here, for each path:
+One AdamW step (forward with the loss, backward, update) of each recipe's model at batch 128 on its image size,
+under the precision `auto` picks here. The default recipes are `fast/cifar10_cct_bn.yaml` and
+`fast/cifar10_ccn_bn.yaml` (CCT and CCN with a BatchNorm conv tokenizer, 64 tokens); any recipe under
+training/recipes/ (or a path) names another model. For each path:
 
 - `before`: what the CPU-budget recipes ran until now (channels-first convs, torch's default attention kernel);
 - `channels_last`: the model's conv weights channels-last (`--channels_last`);
@@ -14,7 +15,8 @@ here, for each path:
 - `fast + compile`: and `torch.compile` (inductor), as Trainer's `--torch_compile` would.
 
 Each path runs in a fresh process (no shared caches or allocator state); times are medians after warm-up, and
-ratios are against `before` from the same run. The input pipeline's share is measured by
+ratios are against `before` of the same recipe from the same run. With `--repeats N` every path is measured in N
+interleaved rounds and a row is the median of its rounds, with their range. The input pipeline's share is measured by
 `benchmarks.input_pipeline`.
 """
 
@@ -44,45 +46,51 @@ PATHS = {  # name: (channels_last, sdpa math, compile)
 
 @dataclass
 class StepArguments:
-    attention_types: list[str] = field(default_factory=lambda: ["softmax", "nystrom"])
+    recipes: list[str] = field(default_factory=lambda: ["fast/cifar10_cct_bn.yaml", "fast/cifar10_ccn_bn.yaml"],
+                               metadata={"help": "recipes whose model is stepped (a name under training/recipes/ "
+                                                 "or a path)"})
     paths: list[str] = field(default_factory=lambda: list(PATHS))
     batch_size: int = 128
     warmup_steps: int = 3
     steps: int = 8
+    repeats: int = field(default=1, metadata={
+        "help": "rounds over every recipe and path, each path in a fresh process every round; a row reports the "
+                "median of its rounds and their range (a shared 2-core VM drifts by 10-20% between processes)"})
     name: str = "training_step"
-    one: str = field(default="", metadata={"help": "internal: measure one 'attention_type:path' and print it"})
+    one: str = field(default="", metadata={"help": "internal: measure one 'recipe:path' and print it"})
 
 
-def fast_cct_config(attention_type: str):
-    """The model of training/recipes/fast/cifar10_cct_bn.yaml (read from the recipe, so the two cannot drift)."""
-    from modeling_vix import VixCctConfig
-    from training.model_flags import config_fields
+def recipe_config(recipe_name: str):
+    """The model config a recipe trains (read from the recipe, so the two cannot drift), for 10 labels."""
+    from training.model_flags import config_class_for, config_fields
     from training.recipe_files import find_recipe, resolve_recipe
 
-    recipe = resolve_recipe(find_recipe("fast/cifar10_cct_bn.yaml"))
-    fields = config_fields(VixCctConfig)
+    recipe = resolve_recipe(find_recipe(recipe_name))
+    config_class = config_class_for(recipe.get("model_type", "vix"))
+    fields = config_fields(config_class)
     settings = {key: value for key, value in recipe.items() if key in fields}
-    settings.update(attention_type=attention_type, num_labels=10)
-    if attention_type == "nystrom":  # as the CPU-budget CCN: 16 landmarks, a 9-tap residual conv
-        settings.update(nystrom_num_landmarks=16, nystrom_residual_conv_kernel=9)
-    return VixCctConfig(**settings)
+    return config_class(**settings, num_labels=10)
 
 
-def measure_one(attention_type: str, path: str, args: StepArguments) -> dict:
+def measure_one(recipe: str, path: str, args: StepArguments) -> dict:
     from torch.nn.attention import SDPBackend, sdpa_kernel
+    from transformers import AutoModelForImageClassification
 
-    from modeling_vix import VixCctForImageClassification
+    import modeling_vix  # noqa: F401 (registers the ViX model types with the Auto classes)
+    from training.train import image_size_hw
 
     channels_last, math, compiled = PATHS[path]
     torch.manual_seed(0)
-    model = VixCctForImageClassification(fast_cct_config(attention_type)).train()
+    config = recipe_config(recipe)
+    model = AutoModelForImageClassification.from_config(config).train()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     step_model = torch.compile(model) if compiled else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     precision = resolve_precision("auto", device="cpu", use_cpu=True).name
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
-    pixels, labels = torch.randn(args.batch_size, 3, 32, 32), torch.randint(0, 10, (args.batch_size,))
+    pixels = torch.randn(args.batch_size, config.num_channels, *image_size_hw(config))
+    labels = torch.randint(0, 10, (args.batch_size,))
     times = []
     for _ in range(args.warmup_steps + args.steps):
         start = time.perf_counter()
@@ -92,19 +100,19 @@ def measure_one(attention_type: str, path: str, args: StepArguments) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - start)
-    return {"attention_type": attention_type, "path": path, "precision": precision,
+    return {"recipe": recipe, "attention_type": config.attention_type, "path": path, "precision": precision,
             "step_time_s": statistics.median(times[args.warmup_steps:]), "first_step_s": times[0]}
 
 
-def measure_in_subprocess(attention_type: str, path: str, args: StepArguments) -> dict:
-    command = [sys.executable, "-W", "ignore", "-m", "benchmarks.training_step", "--one", f"{attention_type}:{path}",
+def measure_in_subprocess(recipe: str, path: str, args: StepArguments) -> dict:
+    command = [sys.executable, "-W", "ignore", "-m", "benchmarks.training_step", "--one", f"{recipe}:{path}",
                "--batch_size", str(args.batch_size), "--warmup_steps", str(args.warmup_steps),
                "--steps", str(args.steps)]
     completed = subprocess.run(command, capture_output=True, text=True)
     for line in completed.stdout.splitlines():
         if line.startswith("STEP_RESULT "):
             return json.loads(line[len("STEP_RESULT "):])
-    return {"attention_type": attention_type, "path": path, "error": completed.stderr[-300:]}
+    return {"recipe": recipe, "path": path, "error": completed.stderr[-300:]}
 
 
 def markdown(report: dict) -> str:
@@ -115,43 +123,77 @@ def markdown(report: dict) -> str:
         f"Machine: {machine['cpu']}, {machine['cores']} cores, CPU capability {machine.get('cpu_capability')}, "
         f"native bf16: {machine.get('cpu_native_bf16')}; torch {machine['torch']}. Command: `{report['command']}`",
         "",
-        f"One AdamW step of the `fast/cifar10_cct_bn.yaml` model (CCT, BatchNorm tokenizer, 64 tokens) at batch "
-        f"{report['batch_size']}, 32x32, precision auto; median of {report['steps']} steps after "
-        f"{report['warmup_steps']} warm-up steps; each path in its own process. Ratio: `before` / the path (above 1: "
-        "faster).",
+        f"One AdamW step of each recipe's model (from `training/recipes/`) at batch {report['batch_size']}, "
+        f"precision auto; median of {report['steps']} steps after {report['warmup_steps']} warm-up steps; each path "
+        f"in its own process, in {report.get('repeats', 1)} interleaved round(s): a row is the median of its rounds, "
+        "and the range is theirs. Ratio: `before` of the same recipe / the path (above 1: faster).",
         "",
-        "| mixer | path | step (s) | speed-up vs before | first step (s) |",
-        "|---|---|---|---|---|",
+        "| recipe | mixer | path | step (s) | range over rounds (s) | speed-up vs before | first step (s) |",
+        "|---|---|---|---|---|---|---|",
     ]
-    before = {r["attention_type"]: r["step_time_s"] for r in report["results"]
-              if r["path"] == "before" and "step_time_s" in r}
+    before = {r["recipe"]: r["step_time_s"] for r in report["results"] if r["path"] == "before" and "step_time_s" in r}
     for r in report["results"]:
         if "error" in r:
-            lines.append(f"| {r['attention_type']} | {r['path']} | fails: {r['error'][:80]} | | |")
+            lines.append(f"| {r['recipe']} | | {r['path']} | fails: {r['error'][:80]} | | | |")
             continue
-        ratio = before[r["attention_type"]] / r["step_time_s"] if r["attention_type"] in before else float("nan")
-        lines.append(f"| {r['attention_type']} | {r['path']} | {r['step_time_s']:.3f} | {ratio:.2f}x | "
-                     f"{r['first_step_s']:.1f} |")
+        ratio = before[r["recipe"]] / r["step_time_s"] if r["recipe"] in before else float("nan")
+        rounds = r.get("round_step_times_s", [r["step_time_s"]])
+        lines.append(f"| {r['recipe']} | {r['attention_type']} | {r['path']} | {r['step_time_s']:.3f} | "
+                     f"{min(rounds):.3f}-{max(rounds):.3f} | {ratio:.2f}x | {r['first_step_s']:.1f} |")
     lines.append("")
     return "\n".join(lines)
 
 
+def argument_problem(args: StepArguments) -> str | None:
+    """What is wrong with the arguments (an unknown path, a recipe that does not exist), before anything runs."""
+    from training.recipe_files import find_recipe
+
+    if args.repeats < 1:
+        return f"--repeats {args.repeats}: give at least 1 round"
+    unknown = [path for path in args.paths if path not in PATHS]
+    if unknown:
+        return f"--paths {' '.join(unknown)}: not a path; choose from {', '.join(repr(name) for name in PATHS)}"
+    missing = [recipe for recipe in args.recipes if not find_recipe(recipe).is_file()]
+    if missing:
+        return f"--recipes {' '.join(missing)}: no such recipe file, here or under training/recipes/"
+    return None
+
+
 def main(argv=None):
     (args,) = HfArgumentParser(StepArguments).parse_args_into_dataclasses(args=argv)
+    problem = None if args.one else argument_problem(args)
+    if problem:
+        print(f"benchmarks.training_step: {problem}", file=sys.stderr)
+        sys.exit(2)
     if args.one:
-        attention_type, path = args.one.split(":", 1)
-        print("STEP_RESULT " + json.dumps(measure_one(attention_type, path, args)))
+        recipe, path = args.one.rsplit(":", 1)
+        print("STEP_RESULT " + json.dumps(measure_one(recipe, path, args)))
         return
     report = {"machine": describe_machine("cpu"), "batch_size": args.batch_size, "steps": args.steps,
               "warmup_steps": args.warmup_steps,
               "command": "python -m benchmarks.training_step " + " ".join(sys.argv[1:] if argv is None else argv),
               "results": []}
-    for attention_type in args.attention_types:
-        for path in args.paths:
-            result = measure_in_subprocess(attention_type, path, args)
-            print(result, flush=True)
-            report["results"].append(result)
+    rounds = []  # rounds[i]: one result per (recipe, path), in order
+    for _ in range(args.repeats):
+        rounds.append([])
+        for recipe in args.recipes:
+            for path in args.paths:
+                result = measure_in_subprocess(recipe, path, args)
+                print(result, flush=True)
+                rounds[-1].append(result)
+    report["repeats"] = args.repeats
+    report["results"] = [combine_rounds(list(results)) for results in zip(*rounds, strict=True)]
     save_report(args.name, report, markdown(report))
+
+
+def combine_rounds(results: list[dict]) -> dict:
+    """One (recipe, path) over the rounds: the median step time and each round's; an error if any round failed."""
+    failed = [result for result in results if "error" in result]
+    if failed:
+        return failed[0]
+    times = [result["step_time_s"] for result in results]
+    return {**results[0], "step_time_s": statistics.median(times), "round_step_times_s": times,
+            "first_step_s": statistics.median(result["first_step_s"] for result in results)}
 
 
 if __name__ == "__main__":

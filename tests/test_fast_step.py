@@ -91,12 +91,45 @@ def test_training_job_records_the_fast_step_settings(tmp_path):
     assert (metrics["channels_last"], metrics["sdpa_backend"]) == (True, "math")
 
 
-def test_step_benchmark_reads_its_model_from_the_fast_recipe_and_renders_ratios():
-    config = training_step.fast_cct_config("nystrom")
+def test_step_benchmark_reads_each_model_from_its_recipe_and_renders_ratios_per_recipe():
+    config = training_step.recipe_config("fast/cifar10_ccn_bn.yaml")
     assert config.tokenizer_batch_norm and config.num_tokens == 64 and config.nystrom_num_landmarks == 16
+    levit = training_step.recipe_config("cpu/cifar10_levip.yaml")
+    assert (levit.model_type, levit.attention_type, levit.num_labels) == ("vix_levit", "performer", 10)
     report = {"machine": {"cpu": "Test CPU", "cores": 2, "torch": "2"}, "batch_size": 128, "steps": 8,
               "warmup_steps": 3, "command": "python -m benchmarks.training_step",
-              "results": [{"attention_type": "softmax", "path": "before", "step_time_s": 0.4, "first_step_s": 1.0},
-                          {"attention_type": "softmax", "path": "fast", "step_time_s": 0.2, "first_step_s": 1.0}]}
+              "results": [{"recipe": "a.yaml", "attention_type": "softmax", "path": "before", "step_time_s": 0.4,
+                           "first_step_s": 1.0},
+                          {"recipe": "a.yaml", "attention_type": "softmax", "path": "fast", "step_time_s": 0.2,
+                           "first_step_s": 1.0},
+                          {"recipe": "b.yaml", "attention_type": "performer", "path": "before", "step_time_s": 0.3,
+                           "first_step_s": 1.0},
+                          {"recipe": "b.yaml", "attention_type": "performer", "path": "fast", "step_time_s": 0.6,
+                           "first_step_s": 1.0}]}
     text = training_step.markdown(report)
-    assert "| softmax | before | 0.400 | 1.00x |" in text and "| softmax | fast | 0.200 | 2.00x |" in text
+    assert "| a.yaml | softmax | fast | 0.200 | 0.200-0.200 | 2.00x |" in text
+    assert "| b.yaml | performer | fast | 0.600 | 0.600-0.600 | 0.50x |" in text
+
+
+def test_step_benchmark_rounds_combine_into_their_median_and_range():
+    rounds = [{"recipe": "a.yaml", "attention_type": "softmax", "path": "fast", "step_time_s": t, "first_step_s": 1.0}
+              for t in (0.3, 0.1, 0.2)]
+    combined = training_step.combine_rounds(rounds)
+    assert combined["step_time_s"] == 0.2 and combined["round_step_times_s"] == [0.3, 0.1, 0.2]
+    report = {"machine": {"cpu": "Test CPU", "cores": 2, "torch": "2"}, "batch_size": 128, "steps": 8,
+              "warmup_steps": 3, "repeats": 3, "command": "python -m benchmarks.training_step --repeats 3",
+              "results": [combined]}
+    assert "| a.yaml | softmax | fast | 0.200 | 0.100-0.300 |" in training_step.markdown(report)
+    failed = training_step.combine_rounds(rounds[:2] + [{"recipe": "a.yaml", "path": "fast", "error": "boom"}])
+    assert failed["error"] == "boom"
+
+
+@pytest.mark.parametrize("flags, named", [(["--paths", "fastest"], "--paths fastest"),
+                                          (["--repeats", "0"], "--repeats 0"),
+                                          (["--recipes", "cpu/no_such.yaml"], "--recipes cpu/no_such.yaml")])
+def test_step_benchmark_refuses_an_unknown_path_or_recipe_in_one_line(flags, named, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        training_step.main(flags)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert named in error and len(error.strip().splitlines()) == 1
