@@ -15,6 +15,7 @@ import torch
 
 from benchmarks.models import BenchSize, build
 from model_cards.measure import flop_counter
+from training.train import attention_backend
 
 
 @dataclass
@@ -29,6 +30,8 @@ class MeasureArguments:
     device: str = "cpu"
     measure_inference: bool = True
     compile: bool = False
+    sdpa_backend: str = field(default="default", metadata={"help": "default | math (as training.train's flag)",
+                                                           "choices": ("default", "math")})
 
 
 def peak_rss_mb() -> float:
@@ -91,7 +94,7 @@ def measure(args: MeasureArguments) -> dict:
     for step in range(args.warmup_steps + args.steps):
         synchronize(device)
         start = time.perf_counter()
-        with autocast:
+        with autocast, attention_backend(args.sdpa_backend):
             loss = torch.nn.functional.cross_entropy(train_model(pixels), labels)
         loss.backward()
         optimizer.step()
@@ -102,7 +105,7 @@ def measure(args: MeasureArguments) -> dict:
         losses.append(loss.item())
     result = {
         "model": args.model, "tokens": getattr(model, "num_tokens", None) or size.num_tokens,
-        "batch_size": args.batch_size, "dtype": args.dtype,
+        "batch_size": args.batch_size, "dtype": args.dtype, "sdpa_backend": args.sdpa_backend,
         "parameters": parameters, "train_flops": flops, "step_time_s": statistics.median(step_times),
         "step_times_s": step_times, "finite_loss": all(map(lambda x: x == x and abs(x) != float("inf"), losses)),
     }
@@ -115,7 +118,7 @@ def measure(args: MeasureArguments) -> dict:
     if args.measure_inference:
         model.eval()
         times = []
-        with torch.no_grad(), autocast:
+        with torch.no_grad(), autocast, attention_backend(args.sdpa_backend):
             for step in range(args.warmup_steps + args.steps):
                 synchronize(device)
                 start = time.perf_counter()

@@ -60,6 +60,9 @@ class RunArguments:
     dtype: str = field(default="fp32", metadata={"help": "fp32 | bf16"})
     compile: bool = field(default=False, metadata={
         "help": "torch.compile (inductor) every model, ViX and its peers alike, before timing: best against best"})
+    sdpa_backend: str = field(default="default", metadata={
+        "help": "default | math: every model's scaled_dot_product_attention under torch's choice or matmul + softmax "
+                "(training.train's --sdpa_backend), ViX and its peers alike", "choices": ("default", "math")})
     device: str = "cpu"
     batch_size: int = 16
     steps: int = 5
@@ -84,7 +87,7 @@ def measure_in_subprocess(model: str, args: RunArguments, image_size: int, batch
         sys.executable, "-W", "ignore", "-m", "benchmarks.measure", "--model", model, "--image_size", str(image_size),
         "--batch_size", str(batch_size), "--steps", str(args.steps), "--warmup_steps", str(args.warmup_steps),
         "--dtype", args.dtype, "--device", args.device, "--measure_inference", str(inference),
-        "--compile", str(args.compile),
+        "--compile", str(args.compile), "--sdpa_backend", args.sdpa_backend,
     ]
     try:
         completed = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout_s)
@@ -452,7 +455,9 @@ def markdown(report: dict, companion: dict | None = None, explanation: str | Non
     machine = report["machine"]
     lines = [
         f"# Benchmarks: {machine.get('gpu', machine['cpu'])}, {report['settings']['dtype']}"
-        + (", every model compiled (torch.compile, inductor)" if report["settings"].get("compile") else ""),
+        + (", every model compiled (torch.compile, inductor)" if report["settings"].get("compile") else "")
+        + (", attention as matmul + softmax (sdpa_backend math)"
+           if report["settings"].get("sdpa_backend", "default") == "math" else ""),
         "",
         f"Machine: {machine['cpu']}, {machine['cores']} cores{cpu_precision_text(machine)}"
         + (f", {machine['gpu']}" if "gpu" in machine else "") + f"; torch {machine['torch']}. "

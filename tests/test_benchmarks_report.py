@@ -2,6 +2,7 @@
 attribution of ops to the parts of a train step. No timings are taken or checked here."""
 
 import copy
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -190,3 +191,27 @@ def test_compiled_runs_say_so_in_the_title():
               "command": "python -m benchmarks.run --compile true", "ratios": {}}
     report["settings"]["compile"] = True
     assert "every model compiled" in run.markdown(report).splitlines()[0]
+
+
+def test_runs_with_the_math_attention_path_say_so_in_the_title():
+    report = {**paper_report({"vix-softmax": 1.0}), "machine": {"cpu": "Test CPU", "cores": 2, "torch": "2"},
+              "command": "python -m benchmarks.run --sdpa_backend math", "ratios": {}}
+    assert "sdpa_backend math" not in run.markdown(report).splitlines()[0]
+    report["settings"]["sdpa_backend"] = "math"
+    assert "sdpa_backend math" in run.markdown(report).splitlines()[0]
+
+
+def test_the_measuring_process_runs_attention_under_the_backend_it_is_given(monkeypatch):
+    """benchmarks.measure enters training.train's attention_backend with its --sdpa_backend, for the train step."""
+    from benchmarks import measure
+
+    entered = []
+
+    def recording_backend(name):
+        entered.append(name)
+        return nullcontext()
+
+    monkeypatch.setattr(measure, "attention_backend", recording_backend)
+    result = measure.measure(measure.MeasureArguments(model="vix-softmax", image_size=8, batch_size=2, steps=1,
+                                                      warmup_steps=0, measure_inference=False, sdpa_backend="math"))
+    assert entered == ["math"] and result["sdpa_backend"] == "math"
