@@ -73,11 +73,10 @@ def recipe_config(recipe_name: str):
 
 
 def measure_one(recipe: str, path: str, args: StepArguments) -> dict:
-    from torch.nn.attention import SDPBackend, sdpa_kernel
     from transformers import AutoModelForImageClassification
 
     import modeling_vix  # noqa: F401 (registers the ViX model types with the Auto classes)
-    from training.train import image_size_hw
+    from training.train import attention_backend, image_size_hw
 
     channels_last, math, compiled = PATHS[path]
     torch.manual_seed(0)
@@ -94,7 +93,7 @@ def measure_one(recipe: str, path: str, args: StepArguments) -> dict:
     times = []
     for _ in range(args.warmup_steps + args.steps):
         start = time.perf_counter()
-        with autocast, (sdpa_kernel(SDPBackend.MATH) if math else nullcontext()):
+        with autocast, attention_backend("math" if math else "default"):
             loss = step_model(pixel_values=pixels, labels=labels).loss
         loss.backward()
         optimizer.step()
