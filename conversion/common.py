@@ -92,6 +92,16 @@ def first_line(error: Exception) -> str:
     return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
+def read_state(source, what: str) -> SourceState:
+    """The tensors of a source given as a model instance, a state dict, or a checkpoint file (see
+    `load_state_dict_file`)."""
+    if isinstance(source, nn.Module):
+        return clean_state_dict(source.state_dict(), what=what)
+    if isinstance(source, Mapping):
+        return clean_state_dict(source, what=what)
+    return load_state_dict_file(source)
+
+
 class SourceState(dict):
     """A source state dict whose missing keys raise a ConversionError naming the key and the source, so that a
     checkpoint without a tensor every converter reads (e.g. `pos_embedding`) gets a clear message, not a KeyError."""
@@ -236,9 +246,7 @@ def load_strict(model: nn.Module, converted: Mapping[str, torch.Tensor], unused_
     if mismatched:
         problems.append(f"shape mismatches: {_listing(mismatched)}")
     if problems:
-        raise ConversionError(
-            f"Cannot convert {source_name} strictly; nothing was written.\n- " + "\n- ".join(problems)
-        )
+        raise ConversionError(f"Cannot convert {source_name} strictly; nothing was written: {'; '.join(problems)}.")
     model.load_state_dict(dict(converted), strict=True)
 
 
@@ -392,19 +400,6 @@ def logit_parity(reference: torch.Tensor, logits: torch.Tensor, reference_name: 
     }
 
 
-@torch.no_grad()
-def check_against_source(result, reference: nn.Module, pixels: torch.Tensor, logits: torch.Tensor,
-                         reference_name: str, inputs: str, atol: float | None, source_name: str) -> None:
-    """An exact conversion: run the source model in eval mode (its own mode restored after), compare its logits
-    with the converted model's, refuse beyond `atol`, and record the parity in `result`."""
-    was_training = reference.training
-    expected = reference.eval()(pixels)
-    reference.train(was_training)
-    parity = logit_parity(expected, logits, reference_name, result.config.attention_type, inputs, expected_exact=True)
-    check_tolerance(parity, atol, source_name)
-    result.parity.append(parity)
-
-
 def check_tolerance(parity: dict, atol: float | None, source_name: str) -> None:
     if atol is not None and parity["expected_exact"] and not parity["max_abs_logit_diff"] <= atol:
         raise ConversionError(
@@ -426,6 +421,8 @@ class ConversionResult:
     parity: list[dict] = field(default_factory=list)
     output_dir: Path | None = None
     notes: list[str] = field(default_factory=list)
+    check_pixels: torch.Tensor | None = field(default=None, repr=False)  # the parity inputs, and ViX's logits on them
+    check_logits: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def config(self) -> VixConfig:
@@ -522,10 +519,12 @@ def parse_arguments(parser: HfArgumentParser, argv=None) -> tuple:
     return tuple(parsed)
 
 
-def parse_config_overrides(text: str | None, config_class=VixConfig) -> dict:
+def parse_config_overrides(text: str | Mapping | None, config_class=VixConfig) -> dict:
     """`"key=value,key=value"` -> {key: value}, read exactly as `PreTrainedConfig.update_from_string` (training's
     `--config_overrides`) reads it: applied to a default `config_class` (the target backbone's config), so unknown
-    keys are refused and each value takes the type of the field's default."""
+    keys are refused and each value takes the type of the field's default. A dict is taken as it is."""
+    if isinstance(text, Mapping):
+        return dict(text)
     if not text:
         return {}
     config = config_class()
@@ -558,8 +557,8 @@ def run_cli(main: Callable[[], ConversionResult]) -> int:
 
 __all__ = [
     "ConversionError", "ConversionResult", "Rule", "rename", "split", "drop", "apply_rules", "load_strict",
-    "load_state_dict_file", "clean_state_dict", "patch_linear_to_conv", "patch_vector_to_unfold_order",
-    "resample_position_embeddings", "load_images", "parity_pixels", "logit_parity", "check_against_source",
-    "check_tolerance", "check_output_dir", "make_processor", "conversion_record", "write_folder", "ConversionArguments",
+    "load_state_dict_file", "read_state", "clean_state_dict", "patch_linear_to_conv", "patch_vector_to_unfold_order",
+    "resample_position_embeddings", "load_images", "parity_pixels", "logit_parity", "check_tolerance",
+    "check_output_dir", "make_processor", "conversion_record", "write_folder", "ConversionArguments",
     "make_parser", "parse_arguments", "parse_config_overrides", "run_cli", "source_label", "digits_images",
 ]

@@ -23,7 +23,6 @@ Nothing runs the source's code (`trust_remote_code` is never set) and weights lo
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from .common import (
@@ -34,36 +33,18 @@ from .common import (
     parse_config_overrides,
     run_cli,
 )
-from .transformers_sources import TransformersSourceArguments
-
-
-def _vit(source, output_dir, *, image_size, drop_distillation_token, **options) -> ConversionResult:
-    from .from_transformers_vit import convert_transformers_vit
-
-    return convert_transformers_vit(source, output_dir, image_size=image_size,
-                                    drop_distillation_token=drop_distillation_token, **options)
-
-
-def _cvt(source, output_dir, **options) -> ConversionResult:
-    from .from_transformers_cvt import convert_transformers_cvt
-
-    return convert_transformers_cvt(source, output_dir, **options)
-
-
-def _levit(source, output_dir, **options) -> ConversionResult:
-    from .from_transformers_levit import convert_transformers_levit
-
-    return convert_transformers_levit(source, output_dir, **options)
+from .from_transformers_cvt import convert_transformers_cvt
+from .from_transformers_levit import convert_transformers_levit
+from .from_transformers_vit import TransformersVitArguments, convert_transformers_vit
 
 
 # model_type of the source -> (converter, model_type of the ViX model it writes)
 CONVERTERS = {
-    "vit": (_vit, "vix"),
-    "deit": (_vit, "vix"),
-    "cvt": (_cvt, "vix_cvt"),
-    "levit": (_levit, "vix_levit"),
+    "vit": (convert_transformers_vit, "vix"),
+    "deit": (convert_transformers_vit, "vix"),
+    "cvt": (convert_transformers_cvt, "vix_cvt"),
+    "levit": (convert_transformers_levit, "vix_levit"),
 }
-VIT_ONLY_OPTIONS = ("image_size", "drop_distillation_token")
 
 
 def source_model_type(source, revision=None) -> str:
@@ -104,7 +85,7 @@ def convert_transformers(
         )
     converter, target_model_type = CONVERTERS[model_type]
     vit_only = {"image_size": image_size, "drop_distillation_token": drop_distillation_token}
-    if converter is not _vit:
+    if converter is not convert_transformers_vit:
         given = [name for name, value in vit_only.items() if value]
         if given:
             raise ConversionError(f"--{' and --'.join(given)} apply to ViT / DeiT sources only; "
@@ -118,18 +99,8 @@ def convert_transformers(
                      revision=revision, images=images, seed=seed, atol=atol, overwrite=overwrite, **vit_only)
 
 
-@dataclass
-class TransformersArguments(TransformersSourceArguments):
-    """The source checkpoint (ViT, DeiT, CvT or LeViT) and the target mixer, plus the ViT / DeiT-only options."""
-
-    image_size: list[int] | None = field(default=None, metadata={
-        "help": "ViT / DeiT only: target image size (one int or height width); positions are resampled."})
-    drop_distillation_token: bool = field(default=False, metadata={
-        "help": "DeiT only: drop the distillation token and head (a plain ViX); the logit change is reported."})
-
-
 def cli_parser():
-    return make_parser(TransformersArguments, "python -m conversion.from_transformers", __doc__)
+    return make_parser(TransformersVitArguments, "python -m conversion.from_transformers", __doc__)
 
 
 def main(argv=None) -> ConversionResult:

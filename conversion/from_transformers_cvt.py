@@ -31,48 +31,33 @@ Loading goes through `from_pretrained` without `trust_remote_code`; a checkpoint
 from __future__ import annotations
 
 from dataclasses import fields
-from pathlib import Path
 
-import torch
 from huggingface_hub.errors import StrictDataclassError
 
-from modeling_vix import MIXER_CAPABILITIES, VixCvtConfig, VixCvtForImageClassification
+from modeling_vix import VixCvtConfig
 
 from .common import (
     ConversionError,
     ConversionResult,
     Rule,
-    apply_rules,
-    check_output_dir,
-    check_tolerance,
     first_line,
-    load_strict,
-    logit_parity,
     make_parser,
     make_processor,
-    parity_pixels,
     parse_arguments,
     parse_config_overrides,
     rename,
     run_cli,
-    source_label,
-    write_folder,
 )
+from .pipeline import Source, check_attention_type, convert
 from .transformers_sources import (
-    ATTENTION_TYPES,
     TransformersSourceArguments,
+    classifier_source,
     load_classifier,
     processor_settings,
     read_processor,
 )
 
 
-# The mixers' own tensors that a softmax source does not have: kept as the seeded new model drew them.
-NEW_PARAMETERS = (".mixer.seq_proj_k", ".mixer.seq_proj_v", ".mixer.projection_matrix", ".mixer.steps_since_redraw")
-RESIDUAL_CONV = ".mixer.residual_conv.weight"
-# Options the converted config may take from config_overrides beside the mixer settings: the input size, and the
-# training-only regularisation (the source's values are a default, not part of the function it computes).
-OVERRIDABLE = ("image_size", "hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate")
 DEFAULT_IMAGE_SIZE = 224
 CONFIG_FIELDS = {config_field.name for config_field in fields(VixCvtConfig)}
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # CvT's processor (microsoft/cvt-*)
@@ -104,17 +89,10 @@ def processor_settings_and_size(source, revision, defaults: dict):
 
 
 def load_source(source, revision=None):
-    """(CvtForImageClassification in eval mode, hub id or None) from an instance, a local folder or a Hub id."""
+    """(CvtForImageClassification, hub id or None) from an instance, a local folder or a Hub id."""
     from transformers import CvtForImageClassification
 
-    if not isinstance(source, (str, Path)):
-        if not isinstance(source, CvtForImageClassification):
-            model_type = getattr(getattr(source, "config", None), "model_type", None)
-            raise ConversionError(f"Unsupported source {type(source).__name__} (model_type {model_type!r}); this "
-                                  "converter takes transformers' CvtForImageClassification.")
-        return source.eval(), None
-    return load_classifier(source, revision, what="CvT", model_types=("cvt",),
-                           default_class=CvtForImageClassification)
+    return load_classifier(source, revision, what="CvT", classes=(CvtForImageClassification,))
 
 
 def check_source_runs(source_model) -> None:
@@ -150,12 +128,7 @@ def single_value(name: str, values, vix_name: str, options: dict):
 def cvt_config_from_transformers(source_config, attention_type: str, image_size, options: dict) -> VixCvtConfig:
     """A transformers `CvtConfig` as `VixCvtConfig` with `attention_type` at `image_size`; `options` are other
     VixCvtConfig fields (the mixer settings, dropouts, drop_path_rate)."""
-    if attention_type not in ATTENTION_TYPES:
-        if attention_type in MIXER_CAPABILITIES:
-            raise ConversionError(f"attention_type={attention_type!r} has no queries, keys or values, so CvT's "
-                                  "convolutional projections and attention weights cannot carry over; choose one of "
-                                  f"{', '.join(ATTENTION_TYPES)}.")
-        raise ConversionError(f"Unknown attention_type {attention_type!r}; choose one of {', '.join(ATTENTION_TYPES)}.")
+    check_attention_type(attention_type)
     c = source_config
     options = dict(options)
     if len(set(c.qkv_bias)) != 1:
@@ -196,7 +169,7 @@ def cvt_rules() -> list[Rule]:
     stage = r"cvt\.encoder\.stages\.(\d+)\."
     layer = stage + r"layers\.(\d+)\."
     target = r"cvt.stages.\1.layers.\2."
-    mixer = target + "attention.mixer."
+    attention = target + "attention."
     return [
         Rule(stage + r"cls_token", rename(r"cvt.stages.\1.embeddings.cls_token")),
         Rule(stage + r"embedding\.convolution_embeddings\.(projection|normalization)\.(weight|bias)",
@@ -204,10 +177,10 @@ def cvt_rules() -> list[Rule]:
         Rule(layer + r"attention\.attention\.convolution_projection_(query|key|value)\.convolution_projection\."
                      r"(convolution\.weight|normalization\.(?:weight|bias|running_mean|running_var|num_batches_tracked))",
              rename(target + r"attention.convolution_projection_\3.\4")),
-        Rule(layer + r"attention\.attention\.projection_query\.(weight|bias)", rename(mixer + r"q_proj.\3")),
-        Rule(layer + r"attention\.attention\.projection_key\.(weight|bias)", rename(mixer + r"k_proj.\3")),
-        Rule(layer + r"attention\.attention\.projection_value\.(weight|bias)", rename(mixer + r"v_proj.\3")),
-        Rule(layer + r"attention\.output\.dense\.(weight|bias)", rename(mixer + r"o_proj.\3")),
+        Rule(layer + r"attention\.attention\.projection_query\.(weight|bias)", rename(attention + r"q_proj.\3")),
+        Rule(layer + r"attention\.attention\.projection_key\.(weight|bias)", rename(attention + r"k_proj.\3")),
+        Rule(layer + r"attention\.attention\.projection_value\.(weight|bias)", rename(attention + r"v_proj.\3")),
+        Rule(layer + r"attention\.output\.dense\.(weight|bias)", rename(attention + r"o_proj.\3")),
         Rule(layer + r"intermediate\.dense\.(weight|bias)", rename(target + r"mlp.fc1.\3")),
         Rule(layer + r"output\.dense\.(weight|bias)", rename(target + r"mlp.fc2.\3")),
         Rule(layer + r"(layernorm_before|layernorm_after)\.(weight|bias)", rename(target + r"\3.\4")),
@@ -221,7 +194,34 @@ def cvt_rules() -> list[Rule]:
 # --------------------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
+def cvt_source(source, revision, overrides: dict) -> Source:
+    """A transformers CvtForImageClassification, loaded and described for the pipeline."""
+    source_model, hub_id = load_source(source, revision)
+    check_source_runs(source_model)
+    overrides = dict(overrides)
+    settings, processor_size, crop_pct = processor_settings_and_size(
+        source, revision, {"image_mean": IMAGENET_MEAN, "image_std": IMAGENET_STD}
+    )
+    image_size = overrides.pop("image_size", None) or processor_size or DEFAULT_IMAGE_SIZE
+    image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+
+    def run(pixels):
+        # output_hidden_states: without a cls token in its last stage, transformers' CvtForImageClassification reads
+        # its base model's output tuple at index 1, which exists only with hidden states.
+        return {"logits": source_model(pixels, output_hidden_states=True).logits}
+
+    crop_note = [] if crop_pct is None else [
+        f"The source's image processor resizes the short side to image_size / {crop_pct:g} and center-crops "
+        "image_size; the converted processor resizes to image_size directly."]
+    return classifier_source(
+        source_model, source, hub_id,
+        configure=lambda attention_type: cvt_config_from_transformers(source_model.config, attention_type, image_size,
+                                                                      overrides),
+        rules=lambda config: cvt_rules(), processor=make_processor(image_size, **settings), run=run,
+        notes=lambda config: crop_note,
+    )
+
+
 def convert_transformers_cvt(
     source,
     output_dir=None,
@@ -239,65 +239,9 @@ def convert_transformers_cvt(
     `config_overrides`: other VixCvtConfig fields (mixer settings, `image_size`, dropouts), a dict or training's
     `"key=value,key=value"`.
     """
-    check_output_dir(output_dir, overwrite)
-    if attention_type not in ATTENTION_TYPES:
-        cvt_config_from_transformers(None, attention_type, None, {})  # raises the explanatory error
-    overrides = dict((parse_config_overrides(config_overrides, VixCvtConfig) if isinstance(config_overrides, str)
-                      else config_overrides) or {})
-    source_model, hub_id = load_source(source, revision)
-    check_source_runs(source_model)
-    c = source_model.config
-    settings, processor_size, crop_pct = processor_settings_and_size(
-        source, revision, {"image_mean": IMAGENET_MEAN, "image_std": IMAGENET_STD}
-    )
-    image_size = overrides.pop("image_size", None) or processor_size or DEFAULT_IMAGE_SIZE
-    image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    config = cvt_config_from_transformers(c, attention_type, image_size, overrides)
-
-    torch.manual_seed(seed)  # Performer features and Linformer projections, when the mixer has them
-    model = VixCvtForImageClassification(config).eval()
-    target = model.state_dict()
-    state = {key: value.detach().cpu() for key, value in source_model.state_dict().items()}
-    converted, unused = apply_rules(state, cvt_rules())
-    result = ConversionResult(model=model, processor=None)
-    new_keys = [key for key in target if key.endswith(NEW_PARAMETERS)]
-    for key in new_keys:
-        converted[key] = target[key].clone()
-    conv_keys = [key for key in target if key.endswith(RESIDUAL_CONV)]
-    for key in conv_keys:  # zero: the converted Nystrom model starts as the plain Nystrom approximation of softmax
-        converted[key] = torch.zeros_like(target[key])
-    if conv_keys:
-        result.notes.append("Nystrom's depthwise residual conv on V (not in the source; only in stages whose keys are "
-                            "as many as the queries) starts at zero, so the model starts from the Nystrom "
-                            "approximation of the source's attention.")
-    if new_keys:
-        names = ", ".join(sorted({key.rsplit(".", 1)[-1] for key in new_keys}))
-        result.notes.append(f"New {attention_type} parameters, not in the source, initialised with seed {seed}: "
-                            f"{len(new_keys)} tensors ({names}).")
-    source_name = f"transformers {type(source_model).__name__} ({source_label(source)})"
-    load_strict(model, converted, unused, source_name)
-
-    result.processor = make_processor(image_size, **settings)
-    pixels, inputs = parity_pixels(result.processor, images, c.num_channels, image_size, seed)
-    logits = model(pixels).logits
-    # output_hidden_states: without a cls token in its last stage, transformers' CvtForImageClassification reads its
-    # base model's output tuple at index 1, which exists only with hidden states.
-    reference = source_model(pixels, output_hidden_states=True).logits
-    exact = attention_type == "softmax"
-    parity = logit_parity(reference, logits, f"transformers {type(source_model).__name__}", attention_type, inputs,
-                          expected_exact=exact)
-    check_tolerance(parity, atol, source_name)
-    result.parity.append(parity)
-    if crop_pct is not None:
-        result.notes.append(f"The source's image processor resizes the short side to image_size / {crop_pct:g} and "
-                            "center-crops image_size; the converted processor resizes to image_size directly.")
-    if not exact:
-        result.notes.append(f"`{attention_type}` approximates the source's softmax attention: every weight carries "
-                            "over, the logits move by the amount above; fine-tune before use.")
-    if output_dir is not None:
-        write_folder(result, output_dir, source=source_name, base_model=hub_id, check_pixels=pixels,
-                     check_logits=logits, overwrite=overwrite)
-    return result
+    overrides = parse_config_overrides(config_overrides, VixCvtConfig)
+    return convert(lambda: cvt_source(source, revision, overrides), output_dir, attention_type=attention_type,
+                   seed=seed, images=images, atol=atol, overwrite=overwrite)
 
 
 def cli_parser():

@@ -28,47 +28,34 @@ Loading goes through `from_pretrained` without `trust_remote_code` (safetensors,
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import torch
 from huggingface_hub.errors import StrictDataclassError
 
-from modeling_vix import VixLevitConfig, VixLevitForImageClassification
-from modeling_vix.mixers_vix import MIXERS
+from modeling_vix import MIXER_CAPABILITIES, VixLevitConfig
 
 from .common import (
     ConversionError,
     ConversionResult,
     Rule,
-    apply_rules,
-    check_output_dir,
-    check_tolerance,
     drop,
-    load_strict,
-    logit_parity,
     make_parser,
     make_processor,
-    parity_pixels,
     parse_arguments,
     parse_config_overrides,
     rename,
     run_cli,
-    source_label,
-    write_folder,
 )
+from .pipeline import Source, check_attention_type, convert
 from .transformers_sources import (
-    ATTENTION_TYPES,
     TransformersSourceArguments,
+    classifier_source,
     load_classifier,
     processor_settings,
     read_processor,
 )
 
 
-SOURCE_CLASSES = ("LevitForImageClassification", "LevitForImageClassificationWithTeacher")
-# Mixer tensors the source has no counterpart for: kept from the seeded new model (the residual conv: zero).
-NEW_PARAMETERS = (".kernel.seq_proj_k", ".kernel.seq_proj_v", ".kernel.projection_matrix", ".kernel.steps_since_redraw")
-RESIDUAL_CONV = ".kernel.residual_conv.weight"
 # Source settings a --config_overrides may still change (training-time only, or dropping the bias on purpose).
 OVERRIDABLE = ("drop_path_rate", "attention_bias")
 # LeViT's image processor (transformers' LevitImageProcessor defaults: ImageNet statistics, bicubic).
@@ -80,15 +67,8 @@ def load_source(source, revision=None):
     lists `LevitForImageClassificationWithTeacher` loads as that class (both heads)."""
     from transformers import LevitForImageClassification, LevitForImageClassificationWithTeacher
 
-    if not isinstance(source, (str, Path)):
-        if type(source).__name__ not in SOURCE_CLASSES or source.config.model_type != "levit":
-            raise ConversionError(f"Unsupported source {type(source).__name__}; this converter takes transformers "
-                                  f"{' and '.join(SOURCE_CLASSES)}.")
-        return source, None
-    return load_classifier(
-        source, revision, what="LeViT", model_types=("levit",), default_class=LevitForImageClassification,
-        classes_by_architecture={"LevitForImageClassificationWithTeacher": LevitForImageClassificationWithTeacher},
-    )
+    return load_classifier(source, revision, what="LeViT",
+                           classes=(LevitForImageClassification, LevitForImageClassificationWithTeacher))
 
 
 def levit_processor_settings(source, revision=None) -> dict:
@@ -100,11 +80,7 @@ def levit_config_from_transformers(source_config, attention_type: str, options: 
                                    distillation_head: bool = False) -> VixLevitConfig:
     """The VixLevitConfig of a transformers `LevitConfig` with `attention_type` and other ViX `options` (mixer
     settings, drop_path_rate, attention_bias=False); `distillation_head` for a WithTeacher source."""
-    if attention_type not in ATTENTION_TYPES:
-        if attention_type in MIXERS:
-            raise ConversionError(f"attention_type={attention_type!r} has no queries, keys or values, so LeViT's "
-                                  f"attention weights cannot carry over; choose one of {', '.join(ATTENTION_TYPES)}.")
-        raise ConversionError(f"Unknown attention_type {attention_type!r}; choose one of {', '.join(ATTENTION_TYPES)}.")
+    check_attention_type(attention_type)
     c = source_config
     patch_size = c.patch_size if isinstance(c.patch_size, int) else c.patch_size[0]
     if not isinstance(c.patch_size, int) and len(set(c.patch_size)) != 1:
@@ -119,7 +95,7 @@ def levit_config_from_transformers(source_config, attention_type: str, options: 
         depths=list(c.depths), key_dim=list(c.key_dim), mlp_ratio=list(c.mlp_ratio),
         attention_ratio=list(c.attention_ratio), shrink_attention_ratio=4, shrink_mlp_ratio=2,
         hidden_act="hardswish", initializer_range=c.initializer_range, drop_path_rate=c.drop_path_rate,
-        attention_type=attention_type, attention_bias=MIXERS[attention_type].capabilities.supports_attention_bias,
+        attention_type=attention_type, attention_bias=MIXER_CAPABILITIES[attention_type].supports_attention_bias,
         use_distillation_head=distillation_head, id2label=dict(c.id2label), label2id=dict(c.label2id),
     )
     options = dict(options or {})
@@ -171,7 +147,41 @@ def levit_rules(config: VixLevitConfig, distillation_head: bool) -> list[Rule]:
     return table
 
 
-@torch.no_grad()
+def levit_source(source, revision, overrides: dict) -> Source:
+    """A transformers LeViT classifier, loaded and described for the pipeline."""
+    source_model, hub_id = load_source(source, revision)
+    with_teacher = type(source_model).__name__ == "LevitForImageClassificationWithTeacher"
+    bias_tables = sum(key.endswith("attention_biases") for key in source_model.state_dict())
+
+    def configure(attention_type):
+        return levit_config_from_transformers(source_model.config, attention_type, overrides, with_teacher)
+
+    def run(pixels):
+        outputs = source_model(pixels)
+        return {name: getattr(outputs, name) for name in ("logits", "cls_logits", "distillation_logits")
+                if getattr(outputs, name, None) is not None}
+
+    def notes(config) -> list[str]:
+        notes = ["The processor resizes straight to the model's image size; LeViT's own first resizes the short side "
+                 "to 256/224 of it and center-crops (crop images that way for ImageNet numbers)."]
+        if not config.attention_bias:
+            why = ("Performer (FAVOR+) never forms the attention logits, so it cannot add them"
+                   if config.attention_type == "performer" else "attention_bias=False was asked for")
+            notes.append(f"LeViT's attention-bias tables ({bias_tables}) were dropped: {why}. The model has "
+                         "attention_bias=False; fine-tune before use.")
+        if with_teacher:
+            notes.append("Both heads of LevitForImageClassificationWithTeacher are kept (use_distillation_head=True): "
+                         "logits are their mean, as LeViT does at inference.")
+        return notes
+
+    config = configure("softmax")
+    return classifier_source(
+        source_model, source, hub_id, configure=configure, rules=lambda config: levit_rules(config, with_teacher),
+        processor=make_processor(config.image_size_hw, **levit_processor_settings(source, revision)), run=run,
+        exact=lambda config: config.attention_bias, notes=notes,
+    )
+
+
 def convert_transformers_levit(
     source,
     output_dir=None,
@@ -189,80 +199,9 @@ def convert_transformers_levit(
     `config_overrides`: other VixLevitConfig fields for the target mixer, a dict or training's
     `"key=value,key=value"`.
     """
-    check_output_dir(output_dir, overwrite)
-    if attention_type not in ATTENTION_TYPES:
-        levit_config_from_transformers(None, attention_type)  # raises the explanatory error
-    source_model, hub_id = load_source(source, revision)
-    was_training = source_model.training
-    source_model.eval()
-    try:
-        result, pixels, logits, source_name = convert_loaded(source, source_model, attention_type, config_overrides,
-                                                             revision, images, seed, atol)
-    finally:
-        source_model.train(was_training)
-    if output_dir is not None:
-        write_folder(result, output_dir, source=source_name, base_model=hub_id, check_pixels=pixels,
-                     check_logits=logits, overwrite=overwrite)
-    return result
-
-
-def convert_loaded(source, source_model, attention_type, config_overrides, revision, images, seed, atol):
-    """The conversion of a loaded source (in eval mode): (result, parity pixels, ViX logits, source name)."""
-    with_teacher = type(source_model).__name__ == "LevitForImageClassificationWithTeacher"
-    if isinstance(config_overrides, str):
-        config_overrides = parse_config_overrides(config_overrides, VixLevitConfig)
-    config = levit_config_from_transformers(source_model.config, attention_type, config_overrides, with_teacher)
-    torch.manual_seed(seed)  # Performer features and Linformer projections, when the mixer has them
-    model = VixLevitForImageClassification(config).eval()
-    state = {key: value.detach().cpu() for key, value in source_model.state_dict().items()}
-    converted, unused = apply_rules(state, levit_rules(config, with_teacher))
-    result = ConversionResult(model=model, processor=None)
-    target = model.state_dict()
-    new_keys = [key for key in target if key.endswith(NEW_PARAMETERS)]
-    for key in new_keys:
-        converted[key] = target[key].clone()
-    conv_keys = [key for key in target if key.endswith(RESIDUAL_CONV)]
-    for key in conv_keys:  # zero: the converted Nystrom model starts as the plain Nystrom approximation of softmax
-        converted[key] = torch.zeros_like(target[key])
-    source_name = f"transformers {type(source_model).__name__} ({source_label(source)})"
-    load_strict(model, converted, unused, source_name)
-
-    dropped = [key for key in state if key.endswith("attention_biases")] if not config.attention_bias else []
-    if dropped:
-        why = ("Performer (FAVOR+) never forms the attention logits, so it cannot add them"
-               if attention_type == "performer" else "attention_bias=False was asked for")
-        result.notes.append(f"LeViT's attention-bias tables ({len(dropped)}) were dropped: {why}. The model has "
-                            "attention_bias=False; fine-tune before use.")
-    if conv_keys:
-        result.notes.append("Nystrom's depthwise residual conv on V (not in the source) starts at zero, so the model "
-                            "starts from the Nystrom approximation of the source's attention "
-                            "(nystrom_residual_conv_kernel=0 removes it).")
-    if new_keys:
-        result.notes.append(f"New {attention_type} parameters, not in the source, initialised with seed {seed}: "
-                            f"{len(new_keys)} tensors ({', '.join(sorted({k.rsplit('.', 1)[-1] for k in new_keys}))}).")
-
-    result.processor = make_processor(config.image_size_hw, **levit_processor_settings(source, revision))
-    result.notes.append("The processor resizes straight to the model's image size; LeViT's own first resizes the "
-                        "short side to 256/224 of it and center-crops (crop images that way for ImageNet numbers).")
-    pixels, inputs = parity_pixels(result.processor, images, config.num_channels, config.image_size_hw, seed)
-    outputs = model(pixels)
-    reference = source_model(pixels)
-    exact = attention_type == "softmax" and config.attention_bias
-    name = f"transformers {type(source_model).__name__}"
-    pairs = [(reference.logits, outputs.logits, name)]
-    if with_teacher:
-        pairs += [(reference.cls_logits, outputs.cls_logits, f"{name} (cls head)"),
-                  (reference.distillation_logits, outputs.distillation_logits, f"{name} (distillation head)")]
-        result.notes.append("Both heads of LevitForImageClassificationWithTeacher are kept "
-                            "(use_distillation_head=True): logits are their mean, as LeViT does at inference.")
-    for expected, actual, reference_name in pairs:
-        parity = logit_parity(expected, actual, reference_name, attention_type, inputs, expected_exact=exact)
-        check_tolerance(parity, atol, source_name)
-        result.parity.append(parity)
-    if not exact and attention_type != "softmax":
-        result.notes.append(f"`{attention_type}` approximates the source's softmax attention: the weights carry over, "
-                            "the logits move by the amount above; fine-tune before use.")
-    return result, pixels, outputs.logits, source_name
+    overrides = parse_config_overrides(config_overrides, VixLevitConfig)
+    return convert(lambda: levit_source(source, revision, overrides), output_dir, attention_type=attention_type,
+                   seed=seed, images=images, atol=atol, overwrite=overwrite)
 
 
 def cli_parser():

@@ -6,12 +6,12 @@ attention mixer.
         --config_overrides "nystrom_num_landmarks=49" --output_dir vix-vin-from-vit
 
 - `softmax`: the same model; the logits are checked against the source (exact up to float rounding).
-- `performer`, `nystrom`: the same q/k/v/o projections and all other weights carry over unchanged; the
-  mixer approximates softmax attention, so the script measures how far the logits move from the softmax
-  source on real images: a starting point for a linear-attention fine-tune, not the same classifier.
-  Performer's random features are drawn with `--seed`; Nystrom's residual conv on V starts at zero.
-- `linformer`: as above, plus its new sequence projections (Linformer's init, `--seed`); it runs at the
-  converted image size only.
+- `performer`, `nystrom`, `linformer`: the same q/k/v/o projections and all other weights carry over unchanged
+  (checked exactly in softmax first); the mixer approximates softmax attention, so the script measures how far
+  the logits move from the source on real images: a starting point for a linear-attention fine-tune, not the same
+  classifier. The mixer's own new tensors get their init with `--seed` (Performer's random features and, with
+  `performer_redraw_interval` > 0, its redraw counter; Linformer's sequence projections, which fix the image
+  size); Nystrom's residual conv on V starts at zero.
 - `fnet`, `mixer` have no queries or keys: refused.
 - `--image_size` other than the checkpoint's: the learned position embeddings are resampled bicubically,
   exactly as `interpolate_pos_encoding=True` does in transformers (parity is measured against the source
@@ -31,59 +31,50 @@ backbone without a classifier) is refused.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from huggingface_hub.errors import StrictDataclassError
 
-from modeling_vix import VixConfig, VixForImageClassification
-from modeling_vix.mixers_vix import MIXERS
+from modeling_vix import VixConfig
 
 from .common import (
     ConversionError,
     ConversionResult,
     Rule,
-    apply_rules,
-    check_output_dir,
-    check_tolerance,
     drop,
-    load_strict,
-    logit_parity,
     make_parser,
     make_processor,
-    parity_pixels,
     parse_arguments,
     parse_config_overrides,
     rename,
     resample_position_embeddings,
     run_cli,
-    source_label,
-    write_folder,
 )
-from .transformers_sources import ATTENTION_TYPES, load_classifier, processor_settings, read_processor
+from .pipeline import Source, check_attention_type, convert
+from .transformers_sources import (
+    TransformersSourceArguments,
+    classifier_source,
+    load_classifier,
+    processor_settings,
+    read_processor,
+)
 
 
-SUPPORTED_MODEL_TYPES = ("vit", "deit")
-NEW_PARAMETERS = (".attention.seq_proj_k", ".attention.seq_proj_v", ".attention.projection_matrix")
 VIT_NORMALIZATION = (0.5, 0.5, 0.5)
 
 
 def load_source(source, revision=None):
     """(model, hub id or None) from a model instance, a local folder or a Hub id."""
-    from transformers import AutoModelForImageClassification, DeiTForImageClassificationWithTeacher
-
-    if not isinstance(source, (str, Path)):
-        model_type = getattr(getattr(source, "config", None), "model_type", None)
-        if model_type not in SUPPORTED_MODEL_TYPES:
-            raise ConversionError(f"Unsupported source architecture {type(source).__name__} "
-                                  f"(model_type {model_type!r}); this converter takes transformers ViT and DeiT image "
-                                  "classifiers.")
-        return source.eval(), None
-    return load_classifier(
-        source, revision, what="ViT / DeiT", model_types=SUPPORTED_MODEL_TYPES,
-        default_class=AutoModelForImageClassification,
-        classes_by_architecture={"DeiTForImageClassificationWithTeacher": DeiTForImageClassificationWithTeacher},
+    from transformers import (
+        AutoModelForImageClassification,
+        DeiTForImageClassification,
+        DeiTForImageClassificationWithTeacher,
+        ViTForImageClassification,
     )
+
+    return load_classifier(source, revision, what="ViT / DeiT", default_class=AutoModelForImageClassification,
+                           classes=(ViTForImageClassification, DeiTForImageClassification,
+                                    DeiTForImageClassificationWithTeacher))
 
 
 def source_processor_settings(source, revision=None) -> dict:
@@ -94,11 +85,7 @@ def source_processor_settings(source, revision=None) -> dict:
 
 def vix_config(source_config, attention_type: str, image_size, options: dict, keep_distillation: bool = False,
                distillation_head: bool = False) -> VixConfig:
-    if attention_type not in ATTENTION_TYPES:
-        if attention_type in MIXERS:
-            raise ConversionError(f"attention_type={attention_type!r} has no queries, keys or values, so a ViT's "
-                                  f"attention weights cannot carry over; choose one of {', '.join(ATTENTION_TYPES)}.")
-        raise ConversionError(f"Unknown attention_type {attention_type!r}; choose one of {', '.join(ATTENTION_TYPES)}.")
+    check_attention_type(attention_type)
     c = source_config
     settings = dict(
         image_size=list(image_size), patch_size=c.patch_size, num_channels=c.num_channels, hidden_size=c.hidden_size,
@@ -144,7 +131,54 @@ def rules(model_type: str, drop_distillation: bool, old_grid, new_grid) -> list[
     return table
 
 
-@torch.no_grad()
+def vit_source(source, revision, image_size, overrides: dict, drop_distillation_token: bool) -> Source:
+    """A transformers ViT / DeiT classifier, loaded and described for the pipeline."""
+    source_model, hub_id = load_source(source, revision)
+    c = source_model.config
+    old_size = (c.image_size, c.image_size) if isinstance(c.image_size, int) else tuple(c.image_size)
+    new_size = old_size if image_size is None else (
+        (image_size, image_size) if isinstance(image_size, int) else tuple(image_size))
+    if new_size[0] % c.patch_size or new_size[1] % c.patch_size:
+        raise ConversionError(f"image_size {new_size} is not divisible by the patch size {c.patch_size}.")
+    old_grid = (old_size[0] // c.patch_size, old_size[1] // c.patch_size)
+    new_grid = (new_size[0] // c.patch_size, new_size[1] // c.patch_size)
+    is_deit = c.model_type == "deit"
+    keep_distillation = is_deit and not drop_distillation_token
+    with_teacher = "distillation_classifier.weight" in source_model.state_dict()
+    # Without its distillation token a DeiT can only be compared on its cls head (which then sees fewer tokens).
+    cls_only = drop_distillation_token and with_teacher
+    resampled = new_size != old_size
+
+    def run(pixels):
+        outputs = source_model(pixels, interpolate_pos_encoding=resampled)
+        return {"logits": outputs.cls_logits if cls_only else outputs.logits}
+
+    def notes(config) -> list[str]:
+        notes = []
+        if resampled:
+            notes.append(f"Position embeddings resampled bicubically from {old_grid} to {new_grid} patches.")
+        if is_deit and drop_distillation_token:
+            notes.append("The DeiT distillation token (and its position embedding, and the distillation head when "
+                         "present) were dropped on request. The logits moved by the amount above.")
+        elif keep_distillation:
+            notes.append("The DeiT distillation token is kept (use_distillation_token=True)" + (
+                "; logits average the cls and distillation heads, as DeiT-with-teacher does at inference "
+                "(use_distillation_head=True)." if with_teacher else "."))
+        return notes
+
+    suffix = " (cls head)" if cls_only else ""
+    if resampled:
+        suffix += f", interpolate_pos_encoding to {new_size[0]}x{new_size[1]}"
+    return classifier_source(
+        source_model, source, hub_id, suffix,
+        configure=lambda attention_type: vix_config(c, attention_type, new_size, overrides, keep_distillation,
+                                                    with_teacher),
+        rules=lambda config: rules(c.model_type, drop_distillation_token, old_grid, new_grid),
+        processor=make_processor(new_size, **source_processor_settings(source, revision)), run=run,
+        exact=lambda config: not (is_deit and drop_distillation_token), notes=notes,
+    )
+
+
 def convert_transformers_vit(
     source,
     output_dir=None,
@@ -163,93 +197,19 @@ def convert_transformers_vit(
 
     `config_overrides`: other VixConfig fields for the target mixer, a dict or training's `"key=value,key=value"`.
     """
-    check_output_dir(output_dir, overwrite)
-    if attention_type not in ATTENTION_TYPES:
-        vix_config(None, attention_type, None, {})  # raises the explanatory error
-    source_model, hub_id = load_source(source, revision)
-    c = source_model.config
-    model_type = c.model_type
-    old_size = (c.image_size, c.image_size) if isinstance(c.image_size, int) else tuple(c.image_size)
-    if image_size is None:
-        new_size = old_size
-    else:
-        new_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    if new_size[0] % c.patch_size or new_size[1] % c.patch_size:
-        raise ConversionError(f"image_size {new_size} is not divisible by the patch size {c.patch_size}.")
-    old_grid = (old_size[0] // c.patch_size, old_size[1] // c.patch_size)
-    new_grid = (new_size[0] // c.patch_size, new_size[1] // c.patch_size)
-
-    keep_distillation = model_type == "deit" and not drop_distillation_token
-    with_teacher = "distillation_classifier.weight" in source_model.state_dict()
-    overrides = parse_config_overrides(config_overrides) if isinstance(config_overrides, str) else config_overrides
-    config = vix_config(c, attention_type, new_size, dict(overrides or {}), keep_distillation, with_teacher)
-    torch.manual_seed(seed)  # Performer features and Linformer projections, when the mixer has them
-    model = VixForImageClassification(config).eval()
-    state = {key: value.detach().cpu() for key, value in source_model.state_dict().items()}
-    converted, unused = apply_rules(state, rules(model_type, drop_distillation_token, old_grid, new_grid))
-    result = ConversionResult(model=model, processor=None)
-    new_keys = [key for key in model.state_dict() if key.endswith(NEW_PARAMETERS)]
-    for key in new_keys:
-        converted[key] = model.state_dict()[key].clone()
-    conv_keys = [key for key in model.state_dict() if key.endswith(".attention.residual_conv.weight")]
-    for key in conv_keys:  # zero: the converted Nystrom model starts as the plain Nystrom approximation of softmax
-        converted[key] = torch.zeros_like(model.state_dict()[key])
-    if conv_keys:
-        result.notes.append("Nystrom's depthwise residual conv on V (not in the source) starts at zero, so the model "
-                            "starts from the Nystrom approximation of the source's attention "
-                            "(nystrom_residual_conv_kernel=0 removes it).")
-    if new_keys:
-        result.notes.append(f"New {attention_type} parameters, not in the source, initialised with seed {seed}: "
-                            f"{len(new_keys)} tensors ({', '.join(sorted({k.rsplit('.', 1)[-1] for k in new_keys}))}).")
-    source_name = f"transformers {type(source_model).__name__} ({source_label(source)})"
-    load_strict(model, converted, unused, source_name)
-
-    result.processor = make_processor(new_size, **source_processor_settings(source, revision))
-    pixels, inputs = parity_pixels(result.processor, images, c.num_channels, new_size, seed)
-    logits = model(pixels).logits
-    outputs = source_model(pixels, interpolate_pos_encoding=new_size != old_size)
-    # Without its distillation token a DeiT can only be compared on its cls head (which then sees fewer tokens).
-    cls_only = drop_distillation_token and getattr(outputs, "cls_logits", None) is not None
-    reference = outputs.cls_logits if cls_only else outputs.logits
-    exact = attention_type == "softmax" and (model_type == "vit" or keep_distillation)
-    name = f"transformers {type(source_model).__name__}" + (" (cls head)" if cls_only else "")
-    if new_size != old_size:
-        name += f", interpolate_pos_encoding to {new_size[0]}x{new_size[1]}"
-        result.notes.append(f"Position embeddings resampled bicubically from {old_grid} to {new_grid} patches.")
-    parity = logit_parity(reference, logits, name, attention_type, inputs, expected_exact=exact)
-    check_tolerance(parity, atol, source_name)
-    result.parity.append(parity)
-    if model_type == "deit" and drop_distillation_token:
-        result.notes.append("The DeiT distillation token (and its position embedding, and the distillation head when "
-                            "present) were dropped on request. The logits moved by the amount above.")
-    elif keep_distillation:
-        result.notes.append("The DeiT distillation token is kept (use_distillation_token=True)"
-                            + ("; logits average the cls and distillation heads, as DeiT-with-teacher does at inference"
-                               " (use_distillation_head=True)." if with_teacher else "."))
-    if not exact and attention_type != "softmax":
-        result.notes.append(f"`{attention_type}` approximates the source's softmax attention: the weights carry over, "
-                            "the logits move by the amount above; fine-tune before use.")
-    if output_dir is not None:
-        write_folder(result, output_dir, source=source_name, base_model=hub_id, check_pixels=pixels,
-                     check_logits=logits, overwrite=overwrite)
-    return result
+    overrides = parse_config_overrides(config_overrides)
+    return convert(lambda: vit_source(source, revision, image_size, overrides, drop_distillation_token), output_dir,
+                   attention_type=attention_type, seed=seed, images=images, atol=atol, overwrite=overwrite)
 
 
 @dataclass
-class TransformersVitArguments:
-    """The source checkpoint and the target mixer."""
+class TransformersVitArguments(TransformersSourceArguments):
+    """The source checkpoint and the target mixer, plus the ViT / DeiT-only options."""
 
-    model: str = field(metadata={"help": "A local folder or a Hub id of a ViT / DeiT image classifier."})
-    revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit) to convert."})
-    attention_type: str = field(default="softmax", metadata={"help": "|".join(ATTENTION_TYPES)})
     image_size: list[int] | None = field(default=None, metadata={
-        "help": "Target image size (one int or height width); position embeddings are resampled."})
-    config_overrides: str | None = field(default=None, metadata={
-        "help": "Other VixConfig fields for the target mixer, 'key=value,key=value' (as training's "
-                "--config_overrides, PreTrainedConfig.update_from_string), e.g. 'nystrom_num_landmarks=49'."})
+        "help": "ViT / DeiT only: target image size (one int or height width); positions are resampled."})
     drop_distillation_token: bool = field(default=False, metadata={
-        "help": "DeiT: drop the distillation token and head (a plain ViX); the logit change is reported."})
-    seed: int = field(default=0, metadata={"help": "Seed for new Performer features / Linformer projections."})
+        "help": "DeiT only: drop the distillation token and head (a plain ViX); the logit change is reported."})
 
 
 def cli_parser():
@@ -261,7 +221,7 @@ def main(argv=None) -> ConversionResult:
     size = None if args.image_size is None else (args.image_size * 2)[:2]
     return convert_transformers_vit(
         args.model, common.output_dir, attention_type=args.attention_type, image_size=size,
-        config_overrides=parse_config_overrides(args.config_overrides),
+        config_overrides=args.config_overrides,
         drop_distillation_token=args.drop_distillation_token, revision=args.revision, images=common.images,
         seed=args.seed, atol=common.atol, overwrite=common.overwrite,
     )

@@ -31,6 +31,7 @@ checkpoint's own).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import re
 from dataclasses import dataclass, field
 from typing import Literal
@@ -38,31 +39,25 @@ from typing import Literal
 import torch
 from torch import nn
 
-from modeling_vix import VixConfig, VixForImageClassification
+from modeling_vix import VixConfig
 
 from .common import (
     ConversionError,
     ConversionResult,
     Rule,
-    apply_rules,
-    check_against_source,
-    check_output_dir,
-    clean_state_dict,
-    load_state_dict_file,
-    load_strict,
     make_parser,
     make_processor,
-    parity_pixels,
     parse_arguments,
     patch_linear_to_conv,
     patch_vector_to_unfold_order,
+    read_state,
     rename,
     run_cli,
     source_label,
     split,
     square_side,
-    write_folder,
 )
+from .pipeline import Source, convert
 
 
 ATTENTION_TYPES = {"ViN": "nystrom", "ViP": "performer", "ViL": "linformer", "FNet": "fnet"}
@@ -274,18 +269,18 @@ def rules(arch: str, s: dict) -> list[Rule]:
             Rule(P + r"\.0\.fn\.to_qkv\.weight",
                  split(A + ".q_proj.weight", A + ".k_proj.weight", A + ".v_proj.weight")),
             Rule(P + r"\.0\.fn\.to_out\.0\.(weight|bias)", rename(A + r".o_proj.\2")),
-            Rule(P + r"\.0\.fn\.res_conv\.weight", rename(A + ".residual_conv.weight")),
+            Rule(P + r"\.0\.fn\.res_conv\.weight", rename(A + ".kernel.residual_conv.weight")),
         ]
     elif arch == "ViP":
         table += [
             Rule(P + r"\.0\.fn\.to_(q|k|v)\.(weight|bias)", rename(A + r".\2_proj.\3")),
             Rule(P + r"\.0\.fn\.to_out\.(weight|bias)", rename(A + r".o_proj.\2")),
-            Rule(P + r"\.0\.fn\.fast_attention\.projection_matrix", rename(A + ".projection_matrix")),
+            Rule(P + r"\.0\.fn\.fast_attention\.projection_matrix", rename(A + ".kernel.projection_matrix")),
         ]
     elif arch == "ViL":
         table += [
             Rule(P + r"\.0\.fn\.to_(q|k|v)\.weight", rename(A + r".\2_proj.weight")),
-            Rule(P + r"\.0\.fn\.proj_(k|v)", rename(A + r".seq_proj_\2")),
+            Rule(P + r"\.0\.fn\.proj_(k|v)", rename(A + r".kernel.seq_proj_\2")),
             Rule(P + r"\.0\.fn\.to_out\.(weight|bias)", rename(A + r".o_proj.\2")),
         ]
     return table
@@ -310,12 +305,10 @@ def _torch_qr_available():
         del torch.qr
 
 
-def build_source_model(arch: str, s: dict, state: dict) -> nn.Module | None:
-    """The vision-xformer model with these weights, or None when the package is not installed."""
-    try:
-        import vision_xformer
-    except ImportError:
-        return None
+def build_source_model(arch: str, s: dict, state: dict) -> nn.Module:
+    """The vision-xformer model with these weights (the package must be installed)."""
+    import vision_xformer
+
     common = dict(image_size=tuple(s["image_size"]), patch_size=s["patch_size"], num_classes=s["num_classes"],
                   dim=s["dim"], depth=s["depth"], mlp_dim=s["mlp_dim"], pool=s["pool"], channels=s["channels"])
     with _torch_qr_available():
@@ -335,7 +328,8 @@ def build_source_model(arch: str, s: dict, state: dict) -> nn.Module | None:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        raise ConversionError(f"The inferred {arch} settings do not rebuild the source: {error}") from None
+        raise ConversionError(f"The inferred {arch} settings do not rebuild the source: "
+                              f"{' '.join(str(error).split())[:400]}") from None
     return model.eval()
 
 
@@ -344,7 +338,39 @@ def build_source_model(arch: str, s: dict, state: dict) -> nn.Module | None:
 # --------------------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
+def vision_xformer_source(source, given: dict, id2label, image_mean, image_std) -> Source:
+    """A vision-xformer model (instance, state dict or checkpoint path), read and described for the pipeline."""
+    reference = source if isinstance(source, nn.Module) else None
+    if reference is not None:
+        arch, from_model = settings_from_model(source)
+        given = {**given, **from_model}
+    state = read_state(source, f"vision-xformer checkpoint ({source_label(source)})")
+    if reference is None:
+        arch = detect_architecture(state)
+    settings = infer_settings(state, arch, given)
+    config = vix_config(arch, settings, id2label)
+    available = reference is not None or importlib.util.find_spec("vision_xformer") is not None
+
+    def run(pixels):  # rebuilt only now: after the strict load, whose errors name the keys in ViX's terms
+        return {"logits": (reference or build_source_model(arch, settings, state))(pixels)}
+
+    def notes(config) -> list[str]:
+        notes = [f"Compatibility settings reproduce the authors' {arch}; see the configuration above."]
+        if settings.get("emb_dropout"):
+            notes.append(f"The source's emb_dropout={settings['emb_dropout']} has no separate ViX field; ViX applies "
+                         "hidden_dropout_prob after the embeddings (training only).")
+        return notes
+
+    return Source(
+        name=f"vision-xformer {arch} ({source_label(source)})", state=state, configure=lambda attention_type: config,
+        rules=lambda config: rules(arch, settings), native_attention=config.attention_type,
+        processor=make_processor(settings["image_size"], image_mean, image_std), reference=f"vision-xformer {arch}",
+        run=run if available else None,
+        unavailable="vision-xformer is not installed here, so parity with the source was not measured.",
+        notes=notes, model=reference,
+    )
+
+
 def convert_vision_xformer(
     source,
     output_dir=None,
@@ -368,45 +394,11 @@ def convert_vision_xformer(
     rebuilt from the weights) and refuses to write when they differ by more than `atol`. Writes
     `output_dir` when given.
     """
-    check_output_dir(output_dir, overwrite)
     given = {key: value for key, value in dict(
         image_size=image_size, patch_size=patch_size, channels=num_channels, heads=num_attention_heads,
         num_landmarks=num_landmarks, pool=pool).items() if value is not None}
-    reference = None
-    if isinstance(source, nn.Module):
-        arch, from_model = settings_from_model(source)
-        given.update(from_model)
-        state = clean_state_dict(source.state_dict(), what=arch)
-        reference = source
-    else:
-        what = f"vision-xformer checkpoint ({source_label(source)})"
-        state = load_state_dict_file(source) if not isinstance(source, dict) else clean_state_dict(source, what)
-        arch = detect_architecture(state)
-    source_name = f"vision-xformer {arch} ({source_label(source)})"
-    settings = infer_settings(state, arch, given)
-    config = vix_config(arch, settings, id2label)
-    model = VixForImageClassification(config).eval()
-    converted, unused = apply_rules(state, rules(arch, settings))
-    load_strict(model, converted, unused, source_name)
-
-    processor = make_processor(settings["image_size"], image_mean, image_std)
-    pixels, inputs = parity_pixels(processor, images, settings["channels"], settings["image_size"])
-    logits = model(pixels).logits
-    if reference is None:
-        reference = build_source_model(arch, settings, state)
-    result = ConversionResult(model=model, processor=processor)
-    result.notes.append(f"Compatibility settings reproduce the authors' {arch}; see the configuration above.")
-    if reference is not None:
-        check_against_source(result, reference, pixels, logits, f"vision-xformer {arch}", inputs, atol, source_name)
-    else:
-        result.notes.append("vision-xformer is not installed here, so parity with the source was not measured.")
-    if settings.get("emb_dropout"):
-        result.notes.append(f"The source's emb_dropout={settings['emb_dropout']} has no separate ViX field; "
-                            "ViX applies hidden_dropout_prob after the embeddings (training only).")
-    if output_dir is not None:
-        write_folder(result, output_dir, source=source_name, base_model=None, check_pixels=pixels, check_logits=logits,
-                     overwrite=overwrite)
-    return result
+    return convert(lambda: vision_xformer_source(source, given, id2label, image_mean, image_std), output_dir,
+                   images=images, atol=atol, overwrite=overwrite)
 
 
 @dataclass

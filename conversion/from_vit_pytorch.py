@@ -9,7 +9,10 @@
 CCT and PiT (`--architecture cct|pit`): `--source_kwargs` is the JSON of the keyword arguments the source was
 built with (`vit_pytorch.cct.CCT(...)`, `vit_pytorch.pit.PiT(...)`); the converter builds the source from them,
 loads the checkpoint into it strictly and checks the logits (conversion/vit_pytorch_backbones.py).
-`--attention_type` carries the converted softmax model's projections into another mixer.
+
+Every architecture: `--attention_type performer|linformer|nystrom` carries every weight into another mixer (checked
+exactly in softmax first); the mixer's own new tensors get their init (`--seed`, settings in `--config_overrides`),
+Nystrom's residual conv starts at zero, and the logit drift from the source is measured and reported.
 
 ViT (the default architecture):
 
@@ -36,35 +39,29 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-import torch
 from torch import nn
 
-from modeling_vix import VixConfig, VixForImageClassification
+from modeling_vix import VixConfig
 
 from .common import (
     ConversionError,
     ConversionResult,
     Rule,
-    apply_rules,
-    check_against_source,
-    check_output_dir,
-    clean_state_dict,
-    load_state_dict_file,
-    load_strict,
     make_parser,
     make_processor,
-    parity_pixels,
     parse_arguments,
+    parse_config_overrides,
     patch_linear_to_conv,
     patch_vector_to_unfold_order,
+    read_state,
     rename,
     run_cli,
     source_label,
     split,
     square_side,
-    write_folder,
 )
-from .vit_pytorch_backbones import load_vit_pytorch_module
+from .pipeline import Source, convert, with_mixer
+from .vit_pytorch_backbones import convert_vit_pytorch_backbone, load_vit_pytorch_module
 
 
 DEFAULT_NORMALIZATION = (0.5, 0.5, 0.5)
@@ -201,11 +198,31 @@ def build_source_model(s: dict, state: dict) -> tuple[nn.Module | None, str]:
     return model.eval(), ""
 
 
-@torch.no_grad()
+def vit_source(source, given: dict, id2label, image_mean, image_std, overrides: dict) -> Source:
+    """A vit-pytorch ViT (model, state dict or checkpoint path), read and described for the pipeline."""
+    source_name = f"vit-pytorch ViT ({source_label(source)})"
+    reference, note = (source if isinstance(source, nn.Module) else None), ""
+    if reference is not None:
+        given = {**given, **settings_from_model(source)}
+    state = read_state(source, source_name)
+    settings = infer_settings(state, given)
+    native = vix_config(settings, id2label)
+    if reference is None:
+        reference, note = build_source_model(settings, state)
+    return Source(
+        name=source_name, state=state, configure=lambda attention_type: with_mixer(native, attention_type, overrides),
+        rules=lambda config: rules(settings), processor=make_processor(settings["image_size"], image_mean, image_std),
+        reference="vit-pytorch ViT", run=None if reference is None else lambda pixels: {"logits": reference(pixels)},
+        unavailable=note, model=reference,
+    )
+
+
 def convert_vit_pytorch(
     source,
     output_dir=None,
     *,
+    attention_type: str = "softmax",
+    config_overrides: dict | str | None = None,
     image_size=None,
     patch_size: int | None = None,
     num_channels: int | None = None,
@@ -216,49 +233,18 @@ def convert_vit_pytorch(
     image_mean=DEFAULT_NORMALIZATION,
     image_std=DEFAULT_NORMALIZATION,
     images=None,
+    seed: int = 0,
     atol: float | None = 1e-4,
     overwrite: bool = False,
 ) -> ConversionResult:
-    """A vit-pytorch `ViT` (model, state dict, or checkpoint path) -> softmax ViX, logits checked against the source."""
-    check_output_dir(output_dir, overwrite)
+    """A vit-pytorch `ViT` (model, state dict, or checkpoint path) -> ViX with `attention_type`, its softmax logits
+    checked against the source's. `config_overrides`: mixer settings, a dict or `"key=value,key=value"`."""
     given = {key: value for key, value in dict(
         image_size=image_size, patch_size=patch_size, channels=num_channels, heads=num_attention_heads,
         head_dim=head_dim, pool=pool).items() if value is not None}
-    reference, note = None, ""
-    source_name = f"vit-pytorch ViT ({source_label(source)})"
-    if isinstance(source, nn.Module):
-        given.update(settings_from_model(source))
-        state = clean_state_dict(source.state_dict(), what=source_name)
-        reference = source
-    else:
-        state = load_state_dict_file(source) if not isinstance(source, dict) else clean_state_dict(source, source_name)
-    settings = infer_settings(state, given)
-    config = vix_config(settings, id2label)
-    model = VixForImageClassification(config).eval()
-    converted, unused = apply_rules(state, rules(settings))
-    result = ConversionResult(model=model, processor=make_processor(settings["image_size"], image_mean, image_std))
-    layers_without_out = [i for i in range(settings["depth"])
-                          if f"transformer.layers.{i}.0.to_out.0.weight" not in state]
-    if layers_without_out and settings["heads"] == 1 and settings["dim_head"] == settings["dim"]:
-        for i in layers_without_out:  # project_out=False: vit-pytorch has no output projection
-            converted[f"vix.layers.{i}.attention.o_proj.weight"] = torch.eye(settings["dim"])
-            converted[f"vix.layers.{i}.attention.o_proj.bias"] = torch.zeros(settings["dim"])
-        result.notes.append("The source has no attention output projection (one head as wide as the model); "
-                            "ViX's o_proj is set to the identity.")
-    load_strict(model, converted, unused, source_name)
-
-    pixels, inputs = parity_pixels(result.processor, images, settings["channels"], settings["image_size"])
-    logits = model(pixels).logits
-    if reference is None:
-        reference, note = build_source_model(settings, state)
-    if reference is not None:
-        check_against_source(result, reference, pixels, logits, "vit-pytorch ViT", inputs, atol, source_name)
-    else:
-        result.notes.append(note)
-    if output_dir is not None:
-        write_folder(result, output_dir, source=source_name, base_model=None, check_pixels=pixels, check_logits=logits,
-                     overwrite=overwrite)
-    return result
+    overrides = parse_config_overrides(config_overrides)
+    return convert(lambda: vit_source(source, given, id2label, image_mean, image_std, overrides), output_dir,
+                   attention_type=attention_type, seed=seed, images=images, atol=atol, overwrite=overwrite)
 
 
 @dataclass
@@ -272,10 +258,10 @@ class VitPytorchArguments:
     source_kwargs: str | None = field(default=None, metadata={
         "help": "CCT / PiT: JSON of the keyword arguments the source was built with, e.g. '{\"img_size\": 32}'."})
     attention_type: str = field(default="softmax", metadata={
-        "help": "CCT / PiT: softmax (exact), or performer|linformer|nystrom (projections carry over)."})
+        "help": "softmax (exact), or performer|linformer|nystrom (every projection carries over)."})
     config_overrides: str | None = field(default=None, metadata={
-        "help": "CCT / PiT: mixer settings for --attention_type, 'key=value,key=value'."})
-    seed: int = field(default=0, metadata={"help": "CCT / PiT: seed for the new mixer's own parameters."})
+        "help": "Mixer settings for --attention_type, 'key=value,key=value' (as training's --config_overrides)."})
+    seed: int = field(default=0, metadata={"help": "Seed for the new mixer's own tensors."})
     num_attention_heads: int | None = field(default=None, metadata={"help": "The source's heads (or give --head_dim)."})
     head_dim: int | None = field(default=None, metadata={"help": "The source's dim_head (vit-pytorch default 64)."})
     image_size: list[int] | None = field(default=None, metadata={
@@ -295,22 +281,21 @@ def cli_parser():
 def main(argv=None) -> ConversionResult:
     args, common = parse_arguments(cli_parser(), argv)
     if args.architecture != "vit":
-        from .vit_pytorch_backbones import convert_vit_pytorch_backbone
-
         return convert_vit_pytorch_backbone(
             args.architecture, args.checkpoint, common.output_dir, source_kwargs=args.source_kwargs,
             attention_type=args.attention_type, config_overrides=args.config_overrides, images=common.images,
             image_mean=args.image_mean, image_std=args.image_std, atol=common.atol, seed=args.seed,
             overwrite=common.overwrite,
         )
-    if args.source_kwargs or args.attention_type != "softmax":
-        raise ConversionError("--source_kwargs and --attention_type apply to --architecture cct|pit; a vit-pytorch ViT "
-                              "converts to softmax (use conversion.from_transformers_vit-style carry-over after).")
+    if args.source_kwargs:
+        raise ConversionError("--source_kwargs applies to --architecture cct|pit; a vit-pytorch ViT's settings come "
+                              "from its weights and --num_attention_heads / --head_dim.")
     size = None if args.image_size is None else (args.image_size * 2)[:2]
     return convert_vit_pytorch(
-        args.checkpoint, common.output_dir, image_size=size, patch_size=args.patch_size, num_channels=args.num_channels,
+        args.checkpoint, common.output_dir, attention_type=args.attention_type, config_overrides=args.config_overrides,
+        image_size=size, patch_size=args.patch_size, num_channels=args.num_channels,
         num_attention_heads=args.num_attention_heads, head_dim=args.head_dim, pool=args.pool,
-        image_mean=args.image_mean, image_std=args.image_std, images=common.images, atol=common.atol,
+        image_mean=args.image_mean, image_std=args.image_std, images=common.images, seed=args.seed, atol=common.atol,
         overwrite=common.overwrite,
     )
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .common import ConversionError, first_line
+from .common import ConversionError, first_line, source_label
+from .pipeline import ATTENTION_TYPES, Source
 
 
 PROCESSOR_FIELDS = ("image_mean", "image_std", "resample", "rescale_factor", "do_rescale", "do_normalize")
-ATTENTION_TYPES = ("softmax", "performer", "nystrom", "linformer")
 
 
 @dataclass
@@ -52,20 +52,25 @@ def load_or_refuse(from_pretrained, source, what: str, **kwargs):
             logging.enable_progress_bar()
 
 
-def load_classifier(source, revision, *, what: str, model_types: tuple[str, ...], default_class,
-                    classes_by_architecture: dict | None = None):
-    """(classifier in eval mode, Hub id or None) from a local folder or a Hub id whose config has one of
-    `model_types`. The class is the one `classes_by_architecture` names for the checkpoint's `architectures`
-    (e.g. DeiT's or LeViT's `...WithTeacher`), else `default_class`; the checkpoint must fill it exactly."""
+def load_classifier(source, revision, *, what: str, classes: tuple, default_class=None):
+    """(classifier, Hub id or None) from a model instance (one of `classes`), or from a local folder or a Hub id whose
+    config has one of their model_types. A checkpoint loads as the class its config's `architectures` names among
+    `classes` (e.g. DeiT's or LeViT's `...WithTeacher`), else as `default_class` (default: the first of `classes`),
+    and must fill it exactly."""
+    if not isinstance(source, (str, Path)):
+        if not isinstance(source, classes):
+            model_type = getattr(getattr(source, "config", None), "model_type", None)
+            raise ConversionError(f"Unsupported source {type(source).__name__} (model_type {model_type!r}); this "
+                                  f"converter takes transformers' {' / '.join(cls.__name__ for cls in classes)}.")
+        return source, None
     from transformers import AutoConfig
 
     config = load_or_refuse(AutoConfig.from_pretrained, source, what, revision=revision)
-    if config.model_type not in model_types:
+    if config.model_type not in {cls.config_class.model_type for cls in classes}:
         raise ConversionError(f"Unsupported source architecture: model_type {config.model_type!r} "
                               f"({', '.join(config.architectures or [])}); this converter takes {what}.")
     architectures = config.architectures or []
-    model_class = next((cls for name, cls in (classes_by_architecture or {}).items() if name in architectures),
-                       default_class)
+    model_class = next((cls for cls in classes if cls.__name__ in architectures), default_class or classes[0])
     # ignore_mismatched_sizes=True only so that a tensor of the wrong shape comes back in `info` (and is refused
     # below with its name) instead of as an error that points at a load report.
     model, info = load_or_refuse(model_class.from_pretrained, source, what, revision=revision,
@@ -79,7 +84,14 @@ def load_classifier(source, revision, *, what: str, model_types: tuple[str, ...]
             + ". A backbone without a classification head, or a tensor of the wrong shape, cannot be converted."
         )
     hub_id = None if Path(str(source)).exists() else str(source)
-    return model.eval(), hub_id
+    return model, hub_id
+
+
+def classifier_source(model, source, hub_id, reference_suffix: str = "", **fields) -> Source:
+    """A loaded transformers classifier as the pipeline's Source, named after its class (and `source`)."""
+    name = type(model).__name__
+    return Source(name=f"transformers {name} ({source_label(source)})", state=model.state_dict(),
+                  reference=f"transformers {name}{reference_suffix}", base_model=hub_id, model=model, **fields)
 
 
 def read_processor(source, revision=None):
@@ -104,4 +116,7 @@ def processor_settings(processor, defaults: dict) -> dict:
     return settings
 
 
-__all__ = ["TransformersSourceArguments", "load_classifier", "load_or_refuse", "processor_settings", "read_processor"]
+__all__ = [
+    "TransformersSourceArguments", "classifier_source", "load_classifier", "load_or_refuse", "processor_settings",
+    "read_processor",
+]

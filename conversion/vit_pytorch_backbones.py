@@ -6,9 +6,9 @@ positions; the head counts), so the converter takes the keyword arguments the so
 source from them, loads the checkpoint into it strictly (a wrong argument is a clear error), reads the ViX
 config off the built source, converts the weights by a rename table, and checks the logits on real images.
 
-With `attention_type` other than softmax, the converted softmax model's projections carry over into the chosen
-mixer (`carry_over`): its own new parameters get their init (Nystrom's residual conv starts at zero, so the model
-starts as the Nystrom approximation of the source), and the logit drift from the source is measured and reported.
+The rest is the one pipeline (`conversion.pipeline`): with `attention_type` other than softmax every weight carries
+over into the chosen mixer, checked exactly in softmax first; the kernel's own new tensors get their init (Nystrom's
+residual conv starts at zero), and the logit drift from the source is measured and reported.
 
 vit-pytorch's package `__init__` imports torchvision; `cct.py` and `pit.py` need only torch and einops, so they
 are loaded by file path (as `from_vit_pytorch` loads `vit.py`).
@@ -16,6 +16,7 @@ are loaded by file path (as `from_vit_pytorch` loads `vit.py`).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import re
@@ -23,27 +24,20 @@ import re
 import torch
 from torch import nn
 
-from modeling_vix import BACKBONES, MIXER_CAPABILITIES, VixCctConfig, VixPitConfig
+from modeling_vix import VixCctConfig, VixPitConfig
 
 from .common import (
     ConversionError,
     ConversionResult,
     Rule,
-    apply_rules,
-    check_against_source,
-    check_output_dir,
-    check_tolerance,
-    load_state_dict_file,
-    load_strict,
-    logit_parity,
     make_processor,
-    parity_pixels,
     parse_config_overrides,
+    read_state,
     rename,
     source_label,
     split,
-    write_folder,
 )
+from .pipeline import Source, convert, with_mixer
 
 
 def load_vit_pytorch_module(name: str):
@@ -213,102 +207,39 @@ def pit_rules(config: VixPitConfig, state: dict) -> list[Rule]:
     ]
 
 
-def identity_output_projections(model: nn.Module, converted: dict) -> list[str]:
-    """vit-pytorch drops the attention output projection when one head is as wide as the model; ViX keeps an
-    o_proj, set to the identity for those layers."""
-    filled = []
-    for name, module in model.named_modules():
-        if name.endswith(".attention") and hasattr(module, "o_proj") and f"{name}.o_proj.weight" not in converted:
-            weight = module.o_proj.weight
-            if weight.shape[0] == weight.shape[1]:
-                converted[f"{name}.o_proj.weight"] = torch.eye(weight.shape[0])
-                converted[f"{name}.o_proj.bias"] = torch.zeros(weight.shape[0])
-                filled.append(name)
-    return filled
-
-
 # --------------------------------------------------------------------------------------------------------
-# Into another mixer
+# The conversion
 # --------------------------------------------------------------------------------------------------------
 
-CARRIED_OVER_ONLY_IN_SOFTMAX = ("v_proj.weight", "v_proj.bias")  # Linformer with V = K has no v_proj
+
+def backbone_source(architecture: str, state: dict, source_kwargs: dict, overrides: dict, image_mean, image_std,
+                    source_name: str) -> Source:
+    """A vit-pytorch CCT or PiT built from `source_kwargs` with `state`, described for the pipeline."""
+    source = build_source(architecture, source_kwargs, state)
+    if architecture == "cct":
+        size = source_kwargs.get("img_size", 224)
+        native = cct_config(source, (size, size) if isinstance(size, int) else tuple(size))
+        table = cct_rules
+    else:
+        native = pit_config(source, source_kwargs)
+        table = functools.partial(pit_rules, state=state)
+    return Source(
+        name=source_name, state=state, configure=lambda attention_type: with_mixer(native, attention_type, overrides),
+        rules=table, processor=make_processor(native.image_size_hw, image_mean, image_std),
+        reference=f"vit-pytorch {architecture.upper()}", run=lambda pixels: {"logits": source(pixels)}, model=source,
+    )
 
 
-@torch.no_grad()
-def carry_over(model: nn.Module, attention_type: str, overrides: dict | None, seed: int) -> tuple[nn.Module, list[str]]:
-    """A converted softmax ViX -> the same backbone with `attention_type`: every weight carries over; the mixer's
-    own new parameters get their init (drawn with `seed`); Nystrom's residual conv starts at zero."""
-    if attention_type not in MIXER_CAPABILITIES:
-        raise ConversionError(
-            f"Unknown attention_type {attention_type!r}; choose one of {', '.join(MIXER_CAPABILITIES)}."
-        )
-    if not MIXER_CAPABILITIES[attention_type].supports_rope:
-        raise ConversionError(f"attention_type={attention_type!r} has no queries, keys or values, so the source's "
-                              "attention weights cannot carry over; choose softmax, performer, linformer or nystrom.")
-    settings = {**model.config.to_dict(), **(overrides or {}), "attention_type": attention_type}
-    config_class = type(model.config)
-    for key in ("model_type", "transformers_version", "architectures", "auto_map"):
-        settings.pop(key, None)
-    try:
-        config = config_class(**settings)
-    except Exception as error:  # the config's own checks, e.g. a RoPE/mixer combination
-        raise ConversionError(f"attention_type={attention_type!r}: {error}") from None
-    torch.manual_seed(seed)
-    target = BACKBONES[config.model_type][2](config).eval()
-    source_state = model.state_dict()
-    target_state = target.state_dict()
-    carried = {key: value for key, value in source_state.items() if key in target_state}
-    notes = []
-    new_keys = sorted(set(target_state) - set(carried))
-    for key in new_keys:
-        fresh = target_state[key]
-        carried[key] = torch.zeros_like(fresh) if key.endswith("residual_conv.weight") else fresh
-    dropped = [key for key in source_state if key not in target_state]
-    if any(not key.endswith(CARRIED_OVER_ONLY_IN_SOFTMAX) for key in dropped):
-        raise ConversionError(f"Weights that {attention_type} has no place for: {dropped[:6]}")
-    target.load_state_dict(carried, strict=True)
-    if new_keys:
-        kinds = sorted({key.rsplit(".", 1)[-1] for key in new_keys})
-        notes.append(f"New {attention_type} tensors, not in the source ({len(new_keys)}: {', '.join(kinds)}), got "
-                     f"their init with seed {seed}; Nystrom's residual conv (if any) starts at zero.")
-    notes.append(f"`{attention_type}` approximates the source's softmax attention: the weights carry over, the logits "
-                 "move by the amount reported; fine-tune before use.")
-    return target, notes
-
-
-@torch.no_grad()
 def convert_backbone(architecture: str, state: dict, source_kwargs: dict, *, attention_type: str = "softmax",
                      config_overrides: dict | None = None, images=None, image_mean=(0.5, 0.5, 0.5),
                      image_std=(0.5, 0.5, 0.5), atol: float | None = 1e-4, seed: int = 0,
                      source_name: str = "") -> tuple[ConversionResult, torch.Tensor, torch.Tensor]:
-    """A vit-pytorch CCT or PiT state dict -> (result, parity pixels, ViX logits on them)."""
-    source_name = source_name or f"vit-pytorch {architecture.upper()}"
-    source = build_source(architecture, source_kwargs, state)
-    if architecture == "cct":
-        size = source_kwargs.get("img_size", 224)
-        size = (size, size) if isinstance(size, int) else tuple(size)
-        config, table = cct_config(source, size), None
-        table = cct_rules(config)
-    else:
-        config = pit_config(source, source_kwargs)
-        size, table = config.image_size_hw, pit_rules(config, state)
-    model = BACKBONES[config.model_type][2](config).eval()
-    converted, unused = apply_rules(state, table)
-    result = ConversionResult(model=model, processor=make_processor(size, image_mean, image_std))
-    if identity_output_projections(model, converted):
-        result.notes.append("The source has no attention output projection (one head as wide as the model); "
-                            "ViX's o_proj is set to the identity.")
-    load_strict(model, converted, unused, source_name)
-    pixels, inputs = parity_pixels(result.processor, images, config.num_channels, size)
-    check_against_source(result, source, pixels, model(pixels).logits, source_name, inputs, atol, source_name)
-    if attention_type != "softmax" or config_overrides:
-        result.model, notes = carry_over(model, attention_type, config_overrides, seed)
-        result.notes.extend(notes)
-        parity = logit_parity(source(pixels), result.model(pixels).logits, source_name, attention_type, inputs,
-                              expected_exact=attention_type == "softmax")
-        check_tolerance(parity, atol, source_name)
-        result.parity.append(parity)
-    return result, pixels, result.model(pixels).logits
+    """A vit-pytorch CCT or PiT state dict -> (result, parity pixels, ViX logits on them); nothing written."""
+    name = source_name or f"vit-pytorch {architecture.upper()}"
+    result = convert(lambda: backbone_source(architecture, dict(state), source_kwargs, dict(config_overrides or {}),
+                                             image_mean, image_std, name),
+                     attention_type=attention_type, seed=seed, images=images, atol=atol)
+    return result, result.check_pixels, result.check_logits
 
 
 def parse_source_kwargs(text: str | dict | None) -> dict:
@@ -329,19 +260,17 @@ def convert_vit_pytorch_backbone(architecture: str, checkpoint, output_dir=None,
                                  image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5), atol: float | None = 1e-4,
                                  seed: int = 0, overwrite: bool = False) -> ConversionResult:
     """A vit-pytorch CCT / PiT checkpoint (state dict file, or dict) -> a ViX folder, checked against the source."""
-    check_output_dir(output_dir, overwrite)
     kwargs = parse_source_kwargs(source_kwargs)
-    overrides = parse_config_overrides(config_overrides) if isinstance(config_overrides, str) else config_overrides
-    state = load_state_dict_file(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
-    name = f"vit-pytorch {architecture.upper()} ({source_label(checkpoint)})"
-    result, pixels, logits = convert_backbone(
-        architecture, dict(state), kwargs, attention_type=attention_type, config_overrides=overrides, images=images,
-        image_mean=image_mean, image_std=image_std, atol=atol, seed=seed, source_name=name,
-    )
-    if output_dir is not None:
-        write_folder(result, output_dir, source=name, base_model=None, check_pixels=pixels, check_logits=logits,
-                     overwrite=overwrite)
-    return result
+    overrides = parse_config_overrides(config_overrides)
+
+    def load() -> Source:
+        name = f"vit-pytorch {architecture.upper()} ({source_label(checkpoint)})"
+        return backbone_source(architecture, read_state(checkpoint, name), kwargs, overrides, image_mean, image_std,
+                               name)
+
+    return convert(load, output_dir, attention_type=attention_type, seed=seed, images=images, atol=atol,
+                   overwrite=overwrite)
 
 
-__all__ = ["build_source", "carry_over", "convert_backbone", "convert_vit_pytorch_backbone", "load_vit_pytorch_module"]
+__all__ = ["backbone_source", "build_source", "cct_config", "convert_backbone", "convert_vit_pytorch_backbone",
+           "load_vit_pytorch_module", "pit_config"]

@@ -60,8 +60,9 @@ def test_dispatches_on_model_type_and_converts_exactly(source, source_folders, c
 
 @pytest.mark.parametrize("source", ["cvt", "levit"])
 def test_nystrom_from_cli_with_backbone_specific_overrides(source, source_folders, tmp_path):
+    overrides = "nystrom_num_landmarks=4,nystrom_pinv_iterations=3" + (",image_size=32" if source == "cvt" else "")
     result = main(["--model", str(source_folders[source]), "--attention_type", "nystrom", "--config_overrides",
-                   "nystrom_num_landmarks=4,nystrom_pinv_iterations=3", "--output_dir", str(tmp_path / "out")])
+                   overrides, "--output_dir", str(tmp_path / "out")])
     assert (result.config.attention_type, result.config.nystrom_num_landmarks) == ("nystrom", 4)
     assert result.config.model_type == TARGET_MODEL_TYPES[source]
 

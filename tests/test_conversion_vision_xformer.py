@@ -118,7 +118,7 @@ def test_vip_converts_exactly_with_the_global_key_stabilizer(size, cifar_images,
     assert parity["expected_exact"] and parity["max_abs_logit_diff"] <= ATOL
     attention = source.transformer.layers[0][0].fn
     mixer = result.model.vix.layers[0].attention
-    assert torch.equal(mixer.projection_matrix, attention.fast_attention.projection_matrix)
+    assert torch.equal(mixer.kernel.projection_matrix, attention.fast_attention.projection_matrix)
     assert torch.equal(mixer.q_proj.bias, attention.to_q.bias)
     assert torch.equal(mixer.o_proj.weight, attention.to_out.weight)
     assert result.config.performer_redraw_interval == 0
@@ -133,7 +133,7 @@ def test_vip_differs_without_the_global_key_stabilizer(cifar_images):
     with torch.no_grad():
         exact = model(pixels).logits
         for layer in model.vix.layers:
-            layer.attention.global_key_stabilizer = False
+            layer.attention.kernel.global_key_stabilizer = False
         default = model(pixels).logits
     assert (exact - default).abs().max() > 10 * ATOL
 
