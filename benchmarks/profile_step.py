@@ -98,10 +98,9 @@ def mark_mixers(model: torch.nn.Module, hidden_size: int, state: dict) -> None:
         for name in projections(mixer, hidden_size):
             linear = mixer.get_submodule(name)
             linear.forward = in_range(linear.forward, MIXER_PROJECTIONS)
-        if hasattr(mixer, "project_qkv"):  # ViX runs q, k, v as one GEMM on the concatenated weights, not per module
-            mixer.project_qkv = in_range(mixer.project_qkv, MIXER_PROJECTIONS)
-        if hasattr(mixer, "pseudo_inverse"):  # ViX Nystrom's m x m pinv iteration: its cost does not depend on N
-            mixer.pseudo_inverse = in_range(mixer.pseudo_inverse, PINV)
+        kernel = getattr(mixer, "kernel", None)  # ViX's attention kernel, beside the module's projections
+        if hasattr(kernel, "pseudo_inverse"):  # ViX Nystrom's m x m pinv iteration: its cost does not depend on N
+            kernel.pseudo_inverse = in_range(kernel.pseudo_inverse, PINV)
 
 
 def train_step(model, optimizer, pixels, labels, autocast) -> None:

@@ -89,6 +89,11 @@ def check_image_size(image_size) -> None:
         raise ValueError(f"image_size must be positive; got {image_size}.")
 
 
+def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    """Output length of a convolution or pooling along one axis (floor mode)."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
 def require_positive_sizes(name: str, values) -> None:
     if not values or any(value < 1 for value in values):
         raise ValueError(f"{name} must be a non-empty list of positive integers; got {list(values)}.")
@@ -204,6 +209,11 @@ class VixMixerConfig(PreTrainedConfig):
             raise ValueError(
                 f"nystrom_residual_conv_kernel must be odd (to keep the token count) or 0 to disable it; "
                 f"got {self.nystrom_residual_conv_kernel}."
+            )
+        if self.nystrom_padding == "zeros_front" and self.qkv_bias:
+            raise ValueError(
+                "nystrom_padding='zeros_front' reproduces the official ViN, whose q/k/v projections have no bias (its "
+                "zero tokens project to zero); set qkv_bias=False or nystrom_padding='none'."
             )
         if self.performer_redraw_interval < 0:
             raise ValueError("performer_redraw_interval must be >= 0 (0 = never redraw).")

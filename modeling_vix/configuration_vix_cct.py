@@ -9,11 +9,7 @@ from typing import Literal
 
 from huggingface_hub.dataclasses import strict
 
-from .configuration_vix import VixMixerConfig, check_image_size, require_at_least
-
-
-def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
+from .configuration_vix import VixMixerConfig, check_image_size, conv_output_size, require_at_least
 
 
 @strict

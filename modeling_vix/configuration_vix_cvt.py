@@ -18,7 +18,7 @@ names, and the dropouts, qkv bias and LayerNorm epsilon are the single fields ev
 
 from huggingface_hub.dataclasses import strict
 
-from .configuration_vix import VixMixerConfig, check_image_size, require_at_least
+from .configuration_vix import VixMixerConfig, check_image_size, conv_output_size, require_at_least
 
 
 QKV_PROJECTION_METHODS = ("dw_bn", "avg", "linear")
@@ -28,9 +28,6 @@ PER_STAGE_FIELDS = (
     "stride_q",
 )
 
-
-def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
 
 
 def ceil_pool_output_size(size: int, kernel: int, stride: int, padding: int) -> int:

@@ -13,15 +13,12 @@ by a short rename table. What transformers fixes in code is a field here, at tra
 
 from huggingface_hub.dataclasses import strict
 
-from .configuration_vix import HiddenAct, VixMixerConfig, check_image_size, require_at_least
+from .configuration_vix import HiddenAct, VixMixerConfig, check_image_size, conv_output_size, require_at_least
 
 
 # The per-stage lists, in the order the config declares them.
 STAGE_FIELDS = ("hidden_sizes", "num_attention_heads", "depths", "key_dim", "mlp_ratio", "attention_ratio")
 
-
-def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
 
 
 def shrunk_size(size: int) -> int:

@@ -22,8 +22,9 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_vix_cct import VixCctConfig
 from .embeddings_vix import VixRotaryEmbedding, check_image_batch, resample_position_grid, sinusoidal_positions
-from .mixers_vix import MixerShape, notify_training_forward
-from .modeling_vix import VixBasePreTrainedModel, VixLayer, classifier_head
+from .kernels_vix import MixerShape, notify_training_forward
+from .layers_vix import VixLayer, build_token_mixer, classifier_head, grid_to_tokens
+from .pretrained_vix import VixBasePreTrainedModel, auto_map_for
 
 
 class VixCctTokenizerLayer(nn.Module):
@@ -105,7 +106,7 @@ class VixCctEmbeddings(nn.Module):
         check_image_batch(pixel_values, self.config.num_channels)
         features = self.tokenizer(pixel_values)  # (B, C, h, w)
         grid = tuple(features.shape[-2:])
-        embeddings = features.flatten(2).transpose(1, 2)  # (B, h*w, C), raster order
+        embeddings = grid_to_tokens(features)  # (B, h*w, C), raster order
         positions = self.positions_for(grid, interpolate_pos_encoding)
         if positions is not None:
             embeddings = embeddings + positions
@@ -130,11 +131,7 @@ class VixCctPreTrainedModel(VixBasePreTrainedModel):
     config_class = VixCctConfig
     base_model_prefix = "cct"
     _no_split_modules = ["VixCctEmbeddings", "VixLayer"]
-    auto_map = {
-        "AutoConfig": "configuration_vix_cct.VixCctConfig",
-        "AutoModel": "modeling_vix_cct.VixCctModel",
-        "AutoModelForImageClassification": "modeling_vix_cct.VixCctForImageClassification",
-    }
+    _supports_flex_attn = True
 
     def _init_weights(self, module):
         """CCT's init: trunc-normal Linear weights, Kaiming-normal tokenizer convs, learned positions std 0.2."""
@@ -158,7 +155,8 @@ class VixCctModel(VixCctPreTrainedModel):
         shape = MixerShape(config.hidden_size, config.num_attention_heads, config.attention_head_dim, config.num_tokens)
         drop_path_rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
         self.layers = nn.ModuleList(
-            [VixLayer(config, shape, config.intermediate_size, rate, normalize_stream_before_mlp=True)
+            [VixLayer(config, config.hidden_size, config.intermediate_size, build_token_mixer(config, shape), rate,
+                      normalize_stream_before_mlp=True)
              for rate in drop_path_rates]
         )
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -218,5 +216,7 @@ class VixCctForImageClassification(VixCctPreTrainedModel):
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
 
+
+VixCctPreTrainedModel.auto_map = auto_map_for(VixCctConfig, VixCctModel, VixCctForImageClassification)
 
 __all__ = ["VixCctForImageClassification", "VixCctModel", "VixCctPreTrainedModel"]

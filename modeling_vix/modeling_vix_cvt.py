@@ -4,11 +4,12 @@ keys for the convolutional projections, and the config refuses them).
 
 Faithful to transformers' `CvtForImageClassification` (eval mode, converted weights: the same logits). Each stage:
 a convolutional token embedding (Conv2d, LayerNorm over channels, dropout), an optional cls token, then pre-norm
-layers (the shared `VixLayer`) whose attention takes the token grid through convolutional projections (depthwise
-conv + BatchNorm, average pooling, or nothing) to queries, keys and values, puts the cls token back in front of
-each, and hands them to the ViX mixer (the mixer's q_proj / k_proj / v_proj / o_proj are CvT's projection_query /
-key / value and attention.output.dense). Keys and values are strided, so the mixer attends from the stage's tokens
-to fewer keys. After the last stage: a LayerNorm, then the cls token or the mean of the tokens, then the head.
+layers (the shared `VixLayer`) whose attention (`VixCvtAttention`) takes the token grid through convolutional
+projections (depthwise conv + BatchNorm, average pooling, or nothing) to query, key and value tokens, puts the cls
+token back in front of each, then projects them (q_proj / k_proj / v_proj, CvT's projection_query / key / value)
+and hands the heads to the kernel `attention_type` picks; o_proj is CvT's attention.output.dense. Keys and values
+are strided, so the kernel attends from the stage's tokens to fewer keys. After the last stage: a LayerNorm, then
+the cls token or the mean of the tokens, then the head.
 
 Differences from transformers' CvT, in training only: stochastic depth rises linearly over each stage's layers
 (transformers gives every layer of stage s the s-th rate of that schedule, and fails to build when a stage has
@@ -20,7 +21,8 @@ with the same batch (gradients are unchanged; the running averages move faster),
 Checkpoint names: `cvt.stages.S.embeddings.{projection, normalization, cls_token}`,
 `cvt.stages.S.layers.N.{layernorm_before, layernorm_after, mlp.fc1, mlp.fc2}`,
 `cvt.stages.S.layers.N.attention.convolution_projection_{query,key,value}.{convolution, normalization}`,
-`cvt.stages.S.layers.N.attention.mixer.{q_proj, k_proj, v_proj, o_proj}`, `cvt.layernorm`, `classifier`.
+`cvt.stages.S.layers.N.attention.{q_proj, k_proj, v_proj, o_proj}`, `...attention.kernel.*` (the kernel's own
+tensors, e.g. Linformer's sequence projections), `cvt.layernorm`, `classifier`.
 """
 
 import torch
@@ -32,20 +34,12 @@ from transformers.utils import TransformersKwargs
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
+from .attention_vix import VixAttention
 from .configuration_vix_cvt import VixCvtConfig
 from .embeddings_vix import check_image_batch
-from .mixers_vix import MixerShape, VixTokenMixer, notify_training_forward
-from .modeling_vix import VixBasePreTrainedModel, VixLayer, classifier_head
-
-
-def grid_to_tokens(features: torch.Tensor) -> torch.Tensor:
-    """(B, C, h, w) -> (B, h*w, C), raster order."""
-    return features.flatten(2).transpose(1, 2)
-
-
-def tokens_to_grid(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """(B, h*w, C) -> (B, C, h, w)."""
-    return tokens.transpose(1, 2).unflatten(-1, grid)
+from .kernels_vix import MixerShape, notify_training_forward
+from .layers_vix import VixLayer, classifier_head, grid_to_tokens, tokens_to_grid
+from .pretrained_vix import VixBasePreTrainedModel, auto_map_for
 
 
 class VixCvtEmbeddings(nn.Module):
@@ -93,17 +87,22 @@ class VixCvtProjection(nn.Module):
         return grid_to_tokens(features)
 
 
-class VixCvtConvolutionalMixer(nn.Module):
-    """CvT's convolutional attention around a ViX mixer: the tokens (B, [cls +] h*w, C) of a `grid` go through the
-    query and key / value projections, the cls token is put back in front of each, and the mixer attends from the
-    queries (B, Nq, C) to the keys and values (B, Nk, C).
+def cvt_attention_shape(config: VixCvtConfig, stage: int) -> MixerShape:
+    width = config.hidden_sizes[stage]
+    heads = config.num_attention_heads[stage]
+    return MixerShape(
+        width, heads, width // heads, config.stage_num_tokens[stage],
+        num_key_tokens=config.stage_num_key_tokens[stage], scaling=width**-0.5,  # CvT scales by the whole width
+    )
 
-    (Not named `*Attention`: transformers' `set_attn_implementation` refuses a model whose modeling file has an
-    `*Attention(nn.Module)` class but no attention-interface call, and that call lives in mixers_vix.py.)
-    """
 
-    def __init__(self, config: VixCvtConfig, stage: int, mixer: VixTokenMixer):
-        super().__init__()
+class VixCvtAttention(VixAttention):
+    """CvT's convolutional attention: the tokens (B, [cls +] h*w, C) of a `grid` go through the query and key /
+    value convolutional projections, the cls token is put back in front of each, and the shared attention projects
+    them and attends from the queries (B, Nq, C) to the keys and values (B, Nk, C)."""
+
+    def __init__(self, config: VixCvtConfig, stage: int):
+        super().__init__(config, cvt_attention_shape(config, stage))
         self.num_prefix_tokens = int(config.cls_token[stage])
         method, width = config.qkv_projection_method[stage], config.hidden_sizes[stage]
         kernel = config.kernel_qkv[stage]
@@ -117,7 +116,6 @@ class VixCvtConvolutionalMixer(nn.Module):
         self.convolution_projection_value = VixCvtProjection(
             method, width, kernel, config.padding_kv[stage], config.stride_kv[stage]
         )
-        self.mixer = mixer
 
     def forward(
         self,
@@ -126,32 +124,20 @@ class VixCvtConvolutionalMixer(nn.Module):
         grid: tuple[int, int] | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        # `position_embeddings` (from VixLayer) is always None: CvT has no positions.
+        # `position_embeddings` is always None: CvT has no positions.
         prefix = hidden_states[:, : self.num_prefix_tokens]  # the cls token skips the convolutions
         features = tokens_to_grid(hidden_states[:, self.num_prefix_tokens :], grid)  # (B, C, h, w)
-        query = torch.cat((prefix, self.convolution_projection_query(features)), dim=1)
-        key = torch.cat((prefix, self.convolution_projection_key(features)), dim=1)
-        value = torch.cat((prefix, self.convolution_projection_value(features)), dim=1)
-        return self.mixer(query, key_states=key, value_states=value, **kwargs)
+        query_states = torch.cat((prefix, self.convolution_projection_query(features)), dim=1)  # (B, Nq, C)
+        key_states = torch.cat((prefix, self.convolution_projection_key(features)), dim=1)  # (B, Nk, C)
+        value_states = torch.cat((prefix, self.convolution_projection_value(features)), dim=1)
+        return self.attend_tokens(query_states, key_states, value_states, **kwargs)
 
 
-def cvt_mixer_shape(config: VixCvtConfig, stage: int) -> MixerShape:
-    width = config.hidden_sizes[stage]
-    heads = config.num_attention_heads[stage]
-    return MixerShape(
-        width, heads, width // heads, config.stage_num_tokens[stage],
-        num_key_tokens=config.stage_num_key_tokens[stage], scaling=width**-0.5,  # CvT scales by the whole width
-    )
-
-
-class VixCvtLayer(VixLayer):
-    """The shared pre-norm layer, whose mixer (built by VixLayer for this stage's shape) sits inside CvT's
-    convolutional attention. The token grid reaches the attention as the keyword `grid` (through VixLayer's
-    keyword arguments)."""
-
-    def __init__(self, config: VixCvtConfig, stage: int, drop_path_rate: float):
-        super().__init__(config, cvt_mixer_shape(config, stage), config.stage_intermediate_size(stage), drop_path_rate)
-        self.attention = VixCvtConvolutionalMixer(config, stage, self.attention)
+def cvt_layer(config: VixCvtConfig, stage: int, drop_path_rate: float) -> VixLayer:
+    """The shared pre-norm layer with CvT's attention; the token grid reaches it as the keyword `grid`."""
+    attention = VixCvtAttention(config, stage)
+    width, intermediate_size = config.hidden_sizes[stage], config.stage_intermediate_size(stage)
+    return VixLayer(config, width, intermediate_size, attention, drop_path_rate)
 
 
 class VixCvtStage(nn.Module):
@@ -160,7 +146,7 @@ class VixCvtStage(nn.Module):
         self.embeddings = VixCvtEmbeddings(config, stage)
         # Stochastic depth rising linearly over the stage's layers (the original CvT's per-stage schedule).
         rates = torch.linspace(0, config.drop_path_rate[stage], config.depths[stage]).tolist()
-        self.layers = nn.ModuleList([VixCvtLayer(config, stage, rate) for rate in rates])
+        self.layers = nn.ModuleList([cvt_layer(config, stage, rate) for rate in rates])
 
     def forward(self, features: torch.Tensor, **kwargs) -> tuple[torch.Tensor, tuple[int, int]]:
         hidden_states, grid = self.embeddings(features)
@@ -173,12 +159,8 @@ class VixCvtPreTrainedModel(VixBasePreTrainedModel):
     config: VixCvtConfig
     config_class = VixCvtConfig
     base_model_prefix = "cvt"
-    _no_split_modules = ["VixCvtEmbeddings", "VixCvtLayer"]
-    auto_map = {
-        "AutoConfig": "configuration_vix_cvt.VixCvtConfig",
-        "AutoModel": "modeling_vix_cvt.VixCvtModel",
-        "AutoModelForImageClassification": "modeling_vix_cvt.VixCvtForImageClassification",
-    }
+    _no_split_modules = ["VixCvtEmbeddings", "VixLayer"]
+    _supports_flex_attn = True
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -254,5 +236,7 @@ class VixCvtForImageClassification(VixCvtPreTrainedModel):
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
 
+
+VixCvtPreTrainedModel.auto_map = auto_map_for(VixCvtConfig, VixCvtModel, VixCvtForImageClassification)
 
 __all__ = ["VixCvtForImageClassification", "VixCvtModel", "VixCvtPreTrainedModel"]

@@ -6,8 +6,8 @@ the activation between convs), stages of residual attention and MLP blocks on a 
 between stages (queries from every other grid position, keys and values from all, no residual), mean pooling and
 a BatchNorm + Linear classifier (two of them, averaged, with `use_distillation_head`). Every projection is a
 Linear without bias followed by BatchNorm1d. Each attention adds a learned bias per head and relative offset of
-query and key positions. The attention itself is the mixer's kernel, `attend(q, k, v, attention_bias)`: LeViT
-keeps its own BatchNorm projections, the config switches only how the scores are formed.
+query and key positions. LeViT's attention modules own their BatchNorm projections (called as modules) and hand
+q, k, v and the bias to the kernel `attention_type` picks: the config switches only how the scores are formed.
 
 Unlike transformers, the gathered bias is not cached per device in eval mode (a Python dict is not
 compile-friendly): it is one gather per forward. With activation checkpointing each layer runs again in backward,
@@ -37,8 +37,9 @@ from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_vix_levit import VixLevitConfig
 from .embeddings_vix import check_image_batch
-from .mixers_vix import MIXERS, MixerShape, notify_training_forward
-from .modeling_vix import VixBasePreTrainedModel, VixDropPath
+from .kernels_vix import ATTENTION_KERNELS, AttentionKernel, MixerShape, notify_training_forward
+from .layers_vix import VixDropPath
+from .pretrained_vix import VixBasePreTrainedModel, auto_map_for
 
 
 def relative_offset_indices(query_grid, key_grid, stride: int) -> tuple[int, torch.Tensor]:
@@ -112,14 +113,14 @@ class VixLevitLinearBN(nn.Module):
 
 
 class VixLevitAttentionBase(nn.Module):
-    """What both LeViT attentions share: the mixer kernel, the attention-bias table and its index, and the output
+    """What both LeViT attentions share: the kernel, the attention-bias table and its index, and the output
     path (activation, then a BatchNorm projection). Returns (output, attention weights or None)."""
 
     def __init__(self, config: VixLevitConfig, shape: MixerShape, query_grid, key_grid, stride: int):
         super().__init__()
         self.num_heads = shape.num_heads
         self.key_dim = shape.head_dim
-        self.kernel = MIXERS[config.attention_type](config, shape)
+        self.kernel = ATTENTION_KERNELS[config.attention_type](config, shape)
         num_offsets, indices = relative_offset_indices(query_grid, key_grid, stride)
         self.bias_shape = (query_grid, key_grid, stride)  # to refill the index after loading
         self.attention_biases = None
@@ -137,8 +138,7 @@ class VixLevitAttentionBase(nn.Module):
 
     def attend(self, query, key, value, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
         """q, k (B, H, N, key_dim), v (B, H, Nk, value_dim) -> output (B, Nq, C_out) and the weights."""
-        self.kernel.warn_if_maps_unavailable(kwargs)
-        context, weights = self.kernel.attend(query, key, value, attention_bias=self.attention_bias(), **kwargs)
+        context, weights = self.kernel(query, key, value, attention_bias=self.attention_bias(), **kwargs)
         context = context.transpose(1, 2).flatten(2)  # (B, Nq, H * value_dim)
         return self.projection(self.activation(context)), weights
 
@@ -149,7 +149,7 @@ class VixLevitAttention(VixLevitAttentionBase):
     def __init__(self, config: VixLevitConfig, stage: int, grid: tuple[int, int]):
         width, heads, key_dim = config.hidden_sizes[stage], config.num_attention_heads[stage], config.key_dim[stage]
         tokens = config.stage_num_tokens[stage]
-        shape = MixerShape(width, heads, key_dim, tokens, scaling=key_dim**-0.5, with_projections=False)
+        shape = MixerShape(width, heads, key_dim, tokens, scaling=key_dim**-0.5)
         super().__init__(config, shape, grid, grid, 1)
         self.value_dim = config.attention_ratio[stage] * key_dim
         self.queries_keys_values = VixLevitLinearBN(width, heads * (2 * key_dim + self.value_dim))
@@ -169,8 +169,7 @@ class VixLevitShrinkAttention(VixLevitAttentionBase):
     def __init__(self, config: VixLevitConfig, stage: int, grid: tuple[int, int], next_grid: tuple[int, int]):
         width, key_dim, heads = config.hidden_sizes[stage], config.shrink_key_dim, config.shrink_num_heads[stage]
         query_tokens, key_tokens = config.shrink_num_tokens[stage]
-        shape = MixerShape(width, heads, key_dim, query_tokens, num_key_tokens=key_tokens, scaling=key_dim**-0.5,
-                           with_projections=False)
+        shape = MixerShape(width, heads, key_dim, query_tokens, num_key_tokens=key_tokens, scaling=key_dim**-0.5)
         super().__init__(config, shape, next_grid, grid, 2)
         self.grid = grid
         self.value_dim = config.shrink_attention_ratio * key_dim
@@ -264,19 +263,11 @@ class VixLevitPreTrainedModel(VixBasePreTrainedModel):
     _no_split_modules = ["VixLevitPatchEmbeddings", "VixLevitLayer", "VixLevitShrinkLayer"]
     _can_record_outputs = {
         "hidden_states": OutputRecorder(VixLevitStage, index=0, num_hidden_layers_key="num_stages"),
-        "attentions": OutputRecorder(VixLevitAttentionBase, index=1),
+        "attentions": AttentionKernel,
     }
-    auto_map = {
-        "AutoConfig": "configuration_vix_levit.VixLevitConfig",
-        "AutoModel": "modeling_vix_levit.VixLevitModel",
-        "AutoModelForImageClassification": "modeling_vix_levit.VixLevitForImageClassification",
-    }
-
-    @classmethod
-    def _can_set_attn_implementation(cls) -> bool:
-        """`set_attn_implementation` works: the softmax kernel (mixers_vix) goes through transformers' attention
-        interface. (transformers guesses from this file's source, where the attention classes call the kernel.)"""
-        return True
+    # No flex_attention: transformers' flex path adds a float mask's first head to every head, and LeViT's bias
+    # differs per head.
+    _supports_flex_attn = False
 
     def _init_weights(self, module):
         super()._init_weights(module)  # Linear / Conv: normal(initializer_range); BatchNorm: ones / zeros
@@ -386,5 +377,9 @@ class VixLevitForImageClassification(VixLevitPreTrainedModel):
             hidden_states=outputs.hidden_states, attentions=outputs.attentions,
         )
 
+
+VixLevitPreTrainedModel.auto_map = auto_map_for(
+    VixLevitConfig, VixLevitModel, VixLevitForImageClassification
+)
 
 __all__ = ["VixLevitForImageClassification", "VixLevitModel", "VixLevitPreTrainedModel"]

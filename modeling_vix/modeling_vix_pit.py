@@ -23,8 +23,9 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_vix_pit import VixPitConfig
 from .embeddings_vix import check_image_batch, resample_position_grid
-from .mixers_vix import MixerShape, notify_training_forward
-from .modeling_vix import VixBasePreTrainedModel, VixLayer, classifier_head
+from .kernels_vix import MixerShape, notify_training_forward
+from .layers_vix import VixLayer, build_token_mixer, classifier_head, grid_to_tokens, tokens_to_grid
+from .pretrained_vix import VixBasePreTrainedModel, auto_map_for
 
 
 class VixPitEmbeddings(nn.Module):
@@ -51,7 +52,7 @@ class VixPitEmbeddings(nn.Module):
             )
         features = self.patch_embeddings(pixel_values)  # (B, C, h, w)
         grid = tuple(features.shape[-2:])
-        tokens = features.flatten(2).transpose(1, 2)  # (B, h*w, C), raster order
+        tokens = grid_to_tokens(features)  # (B, h*w, C), raster order
         if self.position_embeddings is not None:
             positions = self.position_embeddings
             if grid != tuple(self.grid_size):
@@ -80,11 +81,11 @@ class VixPitPooling(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
         cls_token, tokens = hidden_states[:, :1], hidden_states[:, 1:]
-        features = tokens.transpose(1, 2).unflatten(-1, grid)  # (B, C, h, w)
+        features = tokens_to_grid(tokens, grid)  # (B, C, h, w)
         features = self.depthwise(features)
         if self.pointwise is not None:
             features = self.pointwise(features)
-        tokens = features.flatten(2).transpose(1, 2)  # (B, h'*w', C')
+        tokens = grid_to_tokens(features)  # (B, h'*w', C')
         return torch.cat((self.cls_proj(cls_token), tokens), dim=1), tuple(features.shape[-2:])
 
 
@@ -95,7 +96,9 @@ class VixPitStage(nn.Module):
         shape = MixerShape(width, config.num_attention_heads[stage], config.stage_head_dims[stage],
                            config.stage_num_tokens[stage])
         intermediate = config.stage_intermediate_sizes[stage]
-        self.layers = nn.ModuleList([VixLayer(config, shape, intermediate, rate) for rate in drop_path_rates])
+        self.layers = nn.ModuleList(
+            [VixLayer(config, width, intermediate, build_token_mixer(config, shape), rate) for rate in drop_path_rates]
+        )
         self.pooling = None
         if stage < config.num_stages - 1:
             self.pooling = VixPitPooling(config, width, config.hidden_sizes[stage + 1])
@@ -113,11 +116,7 @@ class VixPitPreTrainedModel(VixBasePreTrainedModel):
     config_class = VixPitConfig
     base_model_prefix = "pit"
     _no_split_modules = ["VixPitEmbeddings", "VixLayer", "VixPitPooling"]
-    auto_map = {
-        "AutoConfig": "configuration_vix_pit.VixPitConfig",
-        "AutoModel": "modeling_vix_pit.VixPitModel",
-        "AutoModelForImageClassification": "modeling_vix_pit.VixPitForImageClassification",
-    }
+    _supports_flex_attn = True
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -193,5 +192,7 @@ class VixPitForImageClassification(VixPitPreTrainedModel):
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
 
+
+VixPitPreTrainedModel.auto_map = auto_map_for(VixPitConfig, VixPitModel, VixPitForImageClassification)
 
 __all__ = ["VixPitForImageClassification", "VixPitModel", "VixPitPreTrainedModel"]

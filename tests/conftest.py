@@ -8,13 +8,27 @@ import torch
 from PIL import Image
 
 from modeling_vix import MIXER_CAPABILITIES, VixConfig
+from modeling_vix.kernels_vix import ATTENTION_KERNELS
+from modeling_vix.mixers_vix import TOKEN_MIXERS
 
 
 # Every registered mixer, read from the registry (a new mixer joins every matrix without editing the tests).
 ATTENTION_TYPES = tuple(MIXER_CAPABILITIES)
 EMBEDDING_TYPES = ("linear", "conv")
 POSITION_TYPES = ("learned", "rope_1d", "rope_2d", "none")
+# attention_type -> the class that implements it: an attention kernel, or a token mixer without attention.
+IMPLEMENTATIONS = {**ATTENTION_KERNELS, **TOKEN_MIXERS}
+# The modeling files every backbone's saved folder carries for trust_remote_code (imported by each modeling file),
+# beside its own configuration_vix_<name>.py and modeling_vix_<name>.py (the ViT's: configuration_vix.py,
+# modeling_vix.py).
+SHARED_MODELING_FILES = ("configuration_vix.py", "kernels_vix.py", "attention_vix.py", "mixers_vix.py", "layers_vix.py",
+                         "pretrained_vix.py", "embeddings_vix.py", "image_processing_vix.py")
 CIFAR10_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
+
+
+def implementation_of(attention_module):
+    """The kernel behind a layer's attention module, or the module itself for FNet / MLP-Mixer."""
+    return getattr(attention_module, "kernel", attention_module)
 
 
 def tiny_config(**overrides) -> VixConfig:

@@ -19,11 +19,10 @@ from torch import nn
 from transformers import CvtConfig, CvtForImageClassification
 
 import modeling_vix
-from conftest import run_without_package, tiny_cvt_config
+from conftest import IMPLEMENTATIONS, SHARED_MODELING_FILES, implementation_of, run_without_package, tiny_cvt_config
 from conversion.common import ConversionError
 from conversion.from_transformers_cvt import convert_transformers_cvt, cvt_config_from_transformers
 from modeling_vix import MIXER_CAPABILITIES, VixCvtConfig, VixCvtForImageClassification
-from modeling_vix.mixers_vix import MIXERS
 
 
 ATOL = 1e-5
@@ -191,8 +190,8 @@ def test_converter_carries_every_projection_into_another_mixer(attention, cifar_
                                        attention_type=attention, atol=ATOL)
     model = carried.model
     assert model.config.attention_type == attention
-    mixers = [layer.attention.mixer for stage in model.cvt.stages for layer in stage.layers]
-    assert len(mixers) == 6 and all(type(mixer) is MIXERS[attention] for mixer in mixers)
+    kernels = [layer.attention.kernel for stage in model.cvt.stages for layer in stage.layers]
+    assert len(kernels) == 6 and all(type(kernel) is IMPLEMENTATIONS[attention] for kernel in kernels)
     softmax_state, carried_state = softmax.model.state_dict(), model.state_dict()
     projections = [key for key in softmax_state if key.split(".")[-2] in ("q_proj", "k_proj", "v_proj", "o_proj")]
     assert len(projections) == 6 * 5  # 6 layers x (q, k, v weights without bias, o weight and bias)
@@ -200,12 +199,12 @@ def test_converter_carries_every_projection_into_another_mixer(attention, cifar_
         assert torch.equal(carried_state[key], tensor), key
     new = sorted(set(carried_state) - set(softmax_state))
     if attention == "nystrom":  # only where queries and keys are equally many (stage 0), and zero
-        assert new == ["cvt.stages.0.layers.0.attention.mixer.residual_conv.weight"]
+        assert new == ["cvt.stages.0.layers.0.attention.kernel.residual_conv.weight"]
         assert not carried_state[new[0]].any()
     elif attention == "performer":
-        assert len(new) == 6 and all(key.endswith("mixer.projection_matrix") for key in new)
+        assert len(new) == 6 and all(key.endswith("attention.kernel.projection_matrix") for key in new)
     else:
-        assert len(new) == 6 and all(key.endswith("mixer.seq_proj_k") for key in new)
+        assert len(new) == 6 and all(key.endswith("attention.kernel.seq_proj_k") for key in new)
         # sized by the key tokens: 16x16 at stride 1; 8x8 -> 4x4 and 4x4 -> 2x2 + cls at stride 2 (kernel 5)
         assert [carried_state[key].shape[0] for key in new] == [256, 16, 16, 5, 5, 5]
     drift = carried.parity[-1]
@@ -243,10 +242,10 @@ def test_converter_refuses_mixed_qkv_bias_and_mixers_without_queries():
 def test_training_step_gives_every_parameter_a_finite_gradient(attention, method):
     config = tiny_cvt_config(attention_type=attention, qkv_projection_method=[method] * 3)
     model = VixCvtForImageClassification(config).train()
-    assert all(type(layer.attention.mixer) is MIXERS[attention]
+    assert all(type(implementation_of(layer.attention)) is IMPLEMENTATIONS[attention]
                for stage in model.cvt.stages for layer in stage.layers)
     if attention == "nystrom":  # the residual conv where keys are as many as queries (stage 0, stride 1) only
-        assert [layer.attention.mixer.residual_conv is not None
+        assert [layer.attention.kernel.residual_conv is not None
                 for stage in model.cvt.stages for layer in stage.layers] == [True, False, False, False]
     parameters = dict(model.named_parameters())
     outputs = model(pixels(4), labels=torch.arange(4) % NUM_LABELS, output_hidden_states=True)
@@ -359,8 +358,7 @@ def test_save_load_and_remote_code_without_the_package(tmp_path, cifar_pixels):
             reloaded_state = reloaded.state_dict()
             for key, tensor in model.state_dict().items():
                 assert torch.equal(tensor, reloaded_state[key]), key
-        for filename in ("configuration_vix_cvt.py", "modeling_vix_cvt.py", "configuration_vix.py", "modeling_vix.py",
-                         "mixers_vix.py", "embeddings_vix.py", "image_processing_vix.py"):
+        for filename in ("configuration_vix_cvt.py", "modeling_vix_cvt.py", *SHARED_MODELING_FILES):
             assert (folder / filename).read_bytes() == open(f"{package_dir}/{filename}", "rb").read(), filename
         config = json.loads((folder / "config.json").read_text())
         assert config["model_type"] == "vix_cvt"

@@ -20,11 +20,10 @@ import torch
 from torch import nn
 
 import modeling_vix
-from conftest import run_without_package, tiny_levit_config
+from conftest import IMPLEMENTATIONS, SHARED_MODELING_FILES, run_without_package, tiny_levit_config
 from conversion.common import ConversionError
 from conversion.from_transformers_levit import convert_transformers_levit
 from modeling_vix import VixLevitConfig, VixLevitForImageClassification, VixLevitModel
-from modeling_vix.mixers_vix import MIXERS
 from modeling_vix.modeling_vix_levit import VixLevitAttentionBase
 
 
@@ -140,7 +139,8 @@ def test_training_step_gives_every_parameter_a_finite_gradient(attention):
                                hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
     model = VixLevitForImageClassification(config).train()
     kernels = [module.kernel for module in model.modules() if isinstance(module, VixLevitAttentionBase)]
-    assert len(kernels) == 3 + 2 and all(type(kernel) is MIXERS[attention] for kernel in kernels)  # blocks, shrinks
+    assert len(kernels) == 3 + 2  # blocks, shrinks
+    assert all(type(kernel) is IMPLEMENTATIONS[attention] for kernel in kernels)
     assert config.stage_num_tokens == [64, 16, 4] and config.shrink_num_tokens == [(16, 64), (4, 16)]
     parameters = dict(model.named_parameters())
     assert any("attention_biases" in name for name in parameters) is (attention != "performer")
@@ -236,8 +236,7 @@ def test_save_load_round_trip_and_remote_code_without_the_package(tmp_path, cifa
     assert saved["auto_map"]["AutoModelForImageClassification"] == (
         "modeling_vix_levit.VixLevitForImageClassification")
     package_dir = modeling_vix.__file__.rsplit("/", 1)[0]
-    for filename in ("configuration_vix_levit.py", "modeling_vix_levit.py", "configuration_vix.py",
-                     "modeling_vix.py", "mixers_vix.py", "embeddings_vix.py", "image_processing_vix.py"):
+    for filename in ("configuration_vix_levit.py", "modeling_vix_levit.py", *SHARED_MODELING_FILES):
         assert (folder / filename).read_bytes() == open(f"{package_dir}/{filename}", "rb").read(), filename
 
     torch.manual_seed(1234)  # a reload must not depend on the global RNG

@@ -18,7 +18,16 @@ from huggingface_hub.errors import StrictDataclassFieldValidationError
 from torch import nn
 
 import modeling_vix
-from conftest import run_without_package, tiny_cct_config, tiny_cvt_config, tiny_levit_config, tiny_pit_config
+from conftest import (
+    IMPLEMENTATIONS,
+    SHARED_MODELING_FILES,
+    implementation_of,
+    run_without_package,
+    tiny_cct_config,
+    tiny_cvt_config,
+    tiny_levit_config,
+    tiny_pit_config,
+)
 from modeling_vix import (
     MIXER_CAPABILITIES,
     VixCctForImageClassification,
@@ -26,7 +35,6 @@ from modeling_vix import (
     VixLevitForImageClassification,
     VixPitForImageClassification,
 )
-from modeling_vix.mixers_vix import MIXERS
 
 
 NUM_LABELS = 10
@@ -66,7 +74,7 @@ def pixels(batch=2, seed=0):
 
 def test_cases_cover_every_registered_mixer_on_both_backbones():
     covered = {(case.values[0], case.values[1]) for case in CASES}
-    assert covered == {(backbone, attention) for backbone in BACKBONE for attention in MIXERS}
+    assert covered == {(backbone, attention) for backbone in BACKBONE for attention in IMPLEMENTATIONS}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -77,9 +85,9 @@ def test_cases_cover_every_registered_mixer_on_both_backbones():
 @pytest.mark.parametrize("backbone,attention,position,overrides", CASES)
 def test_training_step_gives_every_parameter_a_finite_gradient(backbone, attention, position, overrides):
     model = make_model(backbone, attention, position, overrides).train()
-    for layer in (m for m in model.modules() if isinstance(m, MIXERS[attention])):
+    for layer in (m for m in model.modules() if isinstance(m, IMPLEMENTATIONS[attention])):
         assert layer.capabilities == MIXER_CAPABILITIES[attention]
-    assert any(isinstance(m, MIXERS[attention]) for m in model.modules())
+    assert any(isinstance(m, IMPLEMENTATIONS[attention]) for m in model.modules())
     parameters = dict(model.named_parameters())
     outputs = model(pixels(4), labels=torch.arange(4) % NUM_LABELS, output_hidden_states=True)
     assert outputs.logits.shape == (4, NUM_LABELS)
@@ -188,13 +196,12 @@ REMOTE_BACKBONES = {
 for _backbone in REMOTE_BACKBONES:
     _covered = {overrides["attention_type"] for name, (b, overrides) in REMOTE_FOLDERS.items() if b == _backbone}
     _attention_mixers = [name for name, can in MIXER_CAPABILITIES.items() if can.supports_rope]
-    _mixers = MIXERS if _backbone in BACKBONE else _attention_mixers
+    _mixers = IMPLEMENTATIONS if _backbone in BACKBONE else _attention_mixers
     for _mixer in sorted(set(_mixers) - _covered):
         _bias = {"attention_bias": False} if (_backbone, _mixer) == ("levit", "performer") else {}
         REMOTE_FOLDERS[f"{_backbone}_{_mixer}"] = (_backbone, dict(attention_type=_mixer, **_bias))
 MODELING_FILES = {name: (f"configuration_vix_{name}.py", f"modeling_vix_{name}.py") for name in REMOTE_BACKBONES}
-SHARED_FILES = ("configuration_vix.py", "modeling_vix.py", "mixers_vix.py", "embeddings_vix.py",
-                "image_processing_vix.py")
+SHARED_FILES = SHARED_MODELING_FILES
 
 REMOTE_SCRIPT = """
 import json, sys
@@ -493,8 +500,8 @@ def test_softmax_cct_carries_every_projection_into_another_mixer(attention, cifa
                                                images=cifar_images[0][:4], atol=ATOL)
     model = carried.model
     assert model.config.attention_type == attention
-    mixers = [layer.attention for layer in model.cct.layers]
-    assert mixers and all(type(mixer) is MIXERS[attention] for mixer in mixers)
+    mixers = [implementation_of(layer.attention) for layer in model.cct.layers]
+    assert mixers and all(type(mixer) is IMPLEMENTATIONS[attention] for mixer in mixers)
     softmax_state, carried_state = softmax.model.state_dict(), model.state_dict()
     projections = [key for key in softmax_state if key.split(".")[-2] in ("q_proj", "k_proj", "v_proj", "o_proj")]
     assert len(projections) == 2 * 5  # 2 layers x (q, k, v weights + o weight and bias)

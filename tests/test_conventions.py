@@ -29,6 +29,7 @@ from conftest import (
     tiny_pit_config,
 )
 from modeling_vix import (
+    BACKBONE_CONFIGS,
     BACKBONES,
     MIXER_CAPABILITIES,
     VixCctConfig,
@@ -39,7 +40,8 @@ from modeling_vix import (
     VixPitForImageClassification,
 )
 from modeling_vix.embeddings_vix import VixRotaryEmbedding
-from modeling_vix.mixers_vix import MIXERS, PerformerAttention
+from modeling_vix.kernels_vix import ATTENTION_KERNELS, PerformerKernel
+from modeling_vix.mixers_vix import TOKEN_MIXERS
 
 
 PACKAGE_DIR = Path(modeling_vix.__file__).resolve().parent
@@ -65,8 +67,7 @@ import importlib, json, sys, types
 package = types.ModuleType("vix_configs_only")
 package.__path__ = [sys.argv[1]]
 sys.modules["vix_configs_only"] = package
-configs = {name: importlib.import_module("vix_configs_only." + name)
-           for name in ("configuration_vix", "configuration_vix_cct", "configuration_vix_pit")}
+configs = {name: importlib.import_module("vix_configs_only." + name) for name in json.loads(sys.argv[2])}
 def package_modules():  # (the hidden `modeling_vix` sits in sys.modules as None)
     return sorted(name for name, module in sys.modules.items()
                   if module is not None and name.startswith(("vix_configs_only", "modeling_vix")))
@@ -85,21 +86,28 @@ for make in (lambda: VixConfig(attention_type="fnet", position_embedding_type="r
         report.setdefault("refusals", []).append(None)
     except ValueError as error:
         report.setdefault("refusals", []).append(str(error))
-report["built"] = [VixConfig().model_type, VixCctConfig().model_type, VixPitConfig().model_type]
+# Every config class of every config module builds with its defaults.
+from transformers import PreTrainedConfig
+report["built"] = sorted(
+    value().model_type for module in configs.values() for value in vars(module).values()
+    if isinstance(value, type) and issubclass(value, PreTrainedConfig) and value.__module__ == module.__name__
+    and value.model_type
+)
 report["after_checks"] = package_modules()
 print(json.dumps(report))
 """
 
 
 def test_config_modules_import_no_modeling_code(tmp_path):
-    proc = run_without_package(CONFIG_ONLY_SCRIPT, [PACKAGE_DIR], tmp_path, timeout=120)
+    config_modules = sorted(path.stem for path in PACKAGE_DIR.glob("configuration_vix*.py"))
+    assert len(config_modules) == len(BACKBONE_CONFIGS)  # one per backbone, every one of them checked here
+    proc = run_without_package(CONFIG_ONLY_SCRIPT, [PACKAGE_DIR, json.dumps(config_modules)], tmp_path, timeout=120)
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    expected = ["vix_configs_only", "vix_configs_only.configuration_vix", "vix_configs_only.configuration_vix_cct",
-                "vix_configs_only.configuration_vix_pit"]
-    # Nothing else of the package: no mixers_vix, embeddings_vix, modeling_*, image processor, nor `modeling_vix`.
+    expected = ["vix_configs_only", *(f"vix_configs_only.{name}" for name in config_modules)]
+    # Nothing else of the package: no kernels_vix, embeddings_vix, modeling_*, image processor, nor `modeling_vix`.
     assert report["loaded"] == expected
     assert report["after_checks"] == expected
-    assert report["built"] == ["vix", "vix_cct", "vix_pit"]
+    assert report["built"] == sorted(BACKBONE_CONFIGS)
     for refusal in report["refusals"]:
         assert refusal is not None and "RoPE" in refusal
 
@@ -110,11 +118,15 @@ def test_config_modules_import_no_modeling_code(tmp_path):
 
 
 def test_every_mixer_declares_its_registry_capabilities():
-    assert list(MIXERS) == list(MIXER_CAPABILITIES)
-    for name, mixer_class in MIXERS.items():
-        assert mixer_class.capabilities == MIXER_CAPABILITIES[name], name
+    implementations = {**ATTENTION_KERNELS, **TOKEN_MIXERS}
+    assert sorted(implementations) == sorted(MIXER_CAPABILITIES)
+    assert not set(ATTENTION_KERNELS) & set(TOKEN_MIXERS)  # one implementation per attention_type
+    for name, implementation in implementations.items():
+        assert implementation.capabilities == MIXER_CAPABILITIES[name], name
+    # Kernels are exactly the mixers with queries and keys.
+    assert sorted(ATTENTION_KERNELS) == sorted(n for n, can in MIXER_CAPABILITIES.items() if can.supports_rope)
     # A config reads the same entry without importing the mixers.
-    for name in MIXERS:
+    for name in MIXER_CAPABILITIES:
         assert VixConfig(attention_type=name).mixer_capabilities is MIXER_CAPABILITIES[name]
 
 
@@ -205,7 +217,7 @@ def test_fullgraph_compile_matches_eager(backbone, attention, backend):
 
 
 def performer_state(model):
-    mixers = [module for module in model.modules() if isinstance(module, PerformerAttention)]
+    mixers = [module for module in model.modules() if isinstance(module, PerformerKernel)]
     return ([mixer.projection_matrix.clone() for mixer in mixers],
             [int(mixer.steps_since_redraw) for mixer in mixers])
 
@@ -223,7 +235,7 @@ def test_performer_redraw_count_is_saved_and_resumed(tmp_path):
 
     model.save_pretrained(tmp_path)
     saved = load_file(tmp_path / "model.safetensors")
-    assert [int(saved[f"vix.layers.{i}.attention.steps_since_redraw"]) for i in range(2)] == [2, 2]
+    assert [int(saved[f"vix.layers.{i}.attention.kernel.steps_since_redraw"]) for i in range(2)] == [2, 2]
 
     torch.manual_seed(1234)  # a reload must not draw a new matrix from the global RNG
     reloaded = VixForImageClassification.from_pretrained(tmp_path)
@@ -235,7 +247,7 @@ def test_performer_redraw_count_is_saved_and_resumed(tmp_path):
     # A control from the same folder with the count reset: one more training forward does not redraw...
     control = VixForImageClassification.from_pretrained(tmp_path).train()
     for module in control.modules():
-        if isinstance(module, PerformerAttention):
+        if isinstance(module, PerformerKernel):
             module.steps_since_redraw.zero_()
     control(inputs, labels=labels)
     assert all(torch.equal(old, new) for old, new in zip(after_two, performer_state(control)[0], strict=True))

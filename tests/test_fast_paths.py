@@ -5,16 +5,17 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny_config
-from modeling_vix.mixers_vix import NystromAttention, PerformerAttention, depthwise_token_conv, iterative_pinv
-from modeling_vix.modeling_vix import vit_mixer_shape
+from modeling_vix.attention_vix import VixAttention
+from modeling_vix.kernels_vix import MixerShape, depthwise_token_conv, iterative_pinv
 
 
-def build_mixer(mixer_class, attn_implementation="sdpa", **overrides):
-    """A mixer of the tiny ViT's first layer, built as the model builds it (config + MixerShape). The config's
+def build_mixer(attn_implementation="sdpa", **overrides):
+    """The attention module of the tiny ViT's first layer, built as the model builds it. The config's
     attn_implementation picks the fused path ("sdpa") or the one that materialises attention maps ("eager")."""
     config = tiny_config(**overrides)
     config._attn_implementation = attn_implementation
-    return mixer_class(config, vit_mixer_shape(config))
+    shape = MixerShape(config.hidden_size, config.num_attention_heads, config.attention_head_dim, config.num_tokens)
+    return VixAttention(config, shape)
 
 
 @pytest.mark.parametrize("shape", [(2, 4, 1025, 32, 33), (1, 2, 7, 3, 5), (2, 3, 100, 8, 1), (1, 2, 64, 4, 129)])
@@ -32,22 +33,16 @@ def test_banded_token_conv_equals_grouped_conv2d(shape):
         torch.testing.assert_close(got, want)
 
 
-def test_fused_qkv_projection_equals_separate_linears():
-    mixer = build_mixer(NystromAttention, attention_type="nystrom", qkv_bias=True)
-    hidden = torch.randn(2, 65, 32)
-    query, key, value = mixer.project_qkv(hidden, None)
-    for projection, got in zip((mixer.q_proj, mixer.k_proj, mixer.v_proj), (query, key, value), strict=True):
-        torch.testing.assert_close(got, mixer.split_heads(projection(hidden)))
-
-
 def test_recomputed_pseudo_inverse_gives_the_same_gradients():
     """The pseudo-inverse is recomputed in backward instead of stored: gradients must not change."""
-    mixer = build_mixer(NystromAttention, attention_type="nystrom").train()
+    mixer = build_mixer(attention_type="nystrom").train()
     hidden = torch.randn(2, 65, 32, requires_grad=True)
     output, _ = mixer(hidden)
     recomputed = torch.autograd.grad(output.square().sum(), [hidden, *mixer.parameters()])
 
-    mixer.pseudo_inverse = lambda kernel: iterative_pinv(kernel, mixer.pinv_iterations, mixer.per_matrix_pinv_scale)
+    nystrom = mixer.kernel
+    nystrom.pseudo_inverse = lambda matrix: iterative_pinv(matrix, nystrom.pinv_iterations,
+                                                           nystrom.per_matrix_pinv_scale)
     output, _ = mixer(hidden)
     stored = torch.autograd.grad(output.square().sum(), [hidden, *mixer.parameters()])
     for got, want in zip(recomputed, stored, strict=True):
@@ -57,13 +52,13 @@ def test_recomputed_pseudo_inverse_gives_the_same_gradients():
 def test_recomputed_favor_features_give_the_same_gradients():
     """Performer's feature maps are recomputed in backward instead of stored: gradients must not change.
     The eager path stores them (it builds the attention map from them), so it serves as the plain reference."""
-    mixer = build_mixer(PerformerAttention, "sdpa", attention_type="performer").train()
+    mixer = build_mixer("sdpa", attention_type="performer").train()
     hidden = torch.randn(2, 65, 32, requires_grad=True)
     inputs = [hidden, *mixer.parameters()]
     recomputed_output, weights = mixer(hidden)
     assert weights is None
     recomputed = torch.autograd.grad(recomputed_output.square().sum(), inputs)
-    mixer.config._attn_implementation = "eager"
+    mixer.kernel.config._attn_implementation = "eager"
     stored_output, weights = mixer(hidden)
     assert weights is not None
     stored = torch.autograd.grad(stored_output.square().sum(), inputs)

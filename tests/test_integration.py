@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import modeling_vix
-from conftest import run_without_package, tiny_config
+from conftest import SHARED_MODELING_FILES, run_without_package, tiny_config
 from modeling_vix import (
     VixConfig,
     VixForImageClassification,
@@ -43,13 +43,7 @@ VARIANTS = {
     "mixer_linear_none_mean": dict(attention_type="mixer", position_embedding_type="none", pooling="mean"),
 }
 
-MODELING_FILES = (
-    "configuration_vix.py",
-    "modeling_vix.py",
-    "mixers_vix.py",
-    "embeddings_vix.py",
-    "image_processing_vix.py",
-)
+MODELING_FILES = ("modeling_vix.py", *SHARED_MODELING_FILES)
 AUTO_MAP_KEYS = {"AutoConfig", "AutoModel", "AutoModelForImageClassification", "AutoImageProcessor"}
 PACKAGE_DIR = Path(modeling_vix.__file__).resolve().parent
 
@@ -380,7 +374,8 @@ def test_trainer_overfits_real_cifar_and_checkpoint_reloads(tmp_path, cifar_imag
 # the same conv with oneDNN disabled is right to bf16 precision. Reproduce without ViX:
 #   x = torch.randn(4, 16, 32, 32).bfloat16(); w = torch.randn(32, 16, 4, 4).bfloat16()
 #   (F.conv2d(x, w, stride=4).float() - F.conv2d(x.float(), w.float(), stride=4)).abs().max()  # ~ |output|
-# Not a ViX bug, so the conv variant is checked with oneDNN off, and the default path is a non-strict xfail.
+# Not a ViX bug, so the conv variant is checked with oneDNN off, and with the default kernels only where the plain
+# conv above is right (skipped, saying so, on CPUs where torch has the bug).
 UPSTREAM_BF16_CONV = (
     "torch 2.13 CPU oneDNN bfloat16 conv2d bug (16 in-channels, kernel=stride=4 on 32x32 gives wrong output); "
     "correct with torch.backends.mkldnn.flags(enabled=False)"
@@ -424,8 +419,17 @@ def test_from_pretrained_bfloat16(saved, cifar_pixels, name):
     _assert_close_to_fp32(logits, saved[name]["logits"])
 
 
-@pytest.mark.xfail(strict=False, reason=UPSTREAM_BF16_CONV)
+def _torch_bf16_conv_is_wrong() -> bool:
+    generator = torch.Generator().manual_seed(0)
+    x, w = torch.randn(4, 16, 32, 32, generator=generator), torch.randn(32, 16, 4, 4, generator=generator)
+    exact = torch.nn.functional.conv2d(x, w, stride=4)
+    bf16 = torch.nn.functional.conv2d(x.bfloat16(), w.bfloat16(), stride=4).float()
+    return bool((bf16 - exact).abs().max() > 0.1 * exact.abs().max())
+
+
 def test_from_pretrained_bfloat16_conv_stem_default_cpu_kernels(saved, cifar_pixels):
+    if _torch_bf16_conv_is_wrong():
+        pytest.skip(UPSTREAM_BF16_CONV)
     name = "performer_conv_rope2d"
     logits = _bf16_logits(saved[name]["folder"], cifar_pixels, onednn=True)
     _assert_close_to_fp32(logits, saved[name]["logits"])

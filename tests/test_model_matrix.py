@@ -390,7 +390,7 @@ def test_performer_large_logits_stay_finite_in_half_precision(mode, scale):
         expected_logits = reference(inputs).logits
         query = first.split_heads(first.q_proj(captured["mixer_input"])) * first.head_dim**-0.25
     handle.remove()
-    projected = query @ first.projection_matrix.T
+    projected = query @ first.kernel.projection_matrix.T
     half_norm = 0.5 * query.square().sum(-1)
     overflows = torch.isinf(projected.half().exp()).any()
     underflows = (torch.exp(-half_norm.half()) == 0).any()
@@ -484,7 +484,7 @@ def test_rope_2d_attention_maps_follow_the_grid():
 
 def test_rope_2d_scores_depend_on_relative_grid_position_at_other_sizes():
     """At a non-square, non-configured grid, q.k after axial RoPE depends only on (row, col) offsets."""
-    from modeling_vix.mixers_vix import apply_rotary
+    from modeling_vix.attention_vix import apply_rotary
 
     model = make_model("softmax", "linear", "rope_2d", pooling="mean").eval()
     head_dim = HIDDEN // HEADS
@@ -514,7 +514,7 @@ def test_rope_2d_scores_depend_on_relative_grid_position_at_other_sizes():
 
 
 def _projections(model):
-    return [layer.attention.projection_matrix.clone() for layer in model.vix.layers]
+    return [layer.attention.kernel.projection_matrix.clone() for layer in model.vix.layers]
 
 
 def _train_step(model, optimizer):

@@ -7,10 +7,12 @@
 plus quality checks against exact softmax attention (Nystrom with m = N, FAVOR+ with many features,
 uneven landmark segments vs zero padding) and internal consistency (eager vs sdpa, attention maps).
 
-Mixers are built as the model builds them, `mixer_class(config, MixerShape)`; `config._attn_implementation` picks
-the fused path ("sdpa", no maps) or the eager one that materialises the attention map.
+Attention modules are built as the model builds them, `VixAttention(config, MixerShape)`;
+`config._attn_implementation` picks the fused path ("sdpa", no maps) or the eager one that materialises the
+attention map.
 """
 
+import copy
 import math
 
 import pytest
@@ -19,22 +21,20 @@ from torch import nn
 
 from conftest import tiny_config
 from modeling_vix import VixConfig, VixForImageClassification
-from modeling_vix.mixers_vix import (
-    LinformerAttention,
-    NystromAttention,
-    PerformerAttention,
-    SoftmaxAttention,
-    eager_attention_forward,
-    segment_means,
-)
-from modeling_vix.modeling_vix import vit_mixer_shape
+from modeling_vix.attention_vix import VixAttention
+from modeling_vix.kernels_vix import MixerShape, eager_attention_forward, segment_means
 
 
-def build_mixer(mixer_class, config, attn_implementation="sdpa"):
-    """A mixer as a ViT layer builds it (config + MixerShape). `config._attn_implementation` picks its path:
-    "sdpa" (the models' default) is the fused one without maps, "eager" materialises the attention map."""
+def layer_shape(config: VixConfig) -> MixerShape:
+    return MixerShape(config.hidden_size, config.num_attention_heads, config.attention_head_dim, config.num_tokens)
+
+
+def build_mixer(config, attn_implementation="sdpa") -> VixAttention:
+    """The attention module of a ViT layer, with the kernel of `config.attention_type`, as the model builds it.
+    `config._attn_implementation` picks its path: "sdpa" (the models' default) is the fused one without maps,
+    "eager" materialises the attention map."""
     config._attn_implementation = attn_implementation
-    return mixer_class(config, vit_mixer_shape(config))
+    return VixAttention(config, layer_shape(config))
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -154,7 +154,7 @@ def nystrom_pair(hidden, heads, landmarks, iterations=6, conv_kernel=33, **vix_o
         nystrom_num_landmarks=landmarks, nystrom_pinv_iterations=iterations,
         nystrom_residual_conv_kernel=conv_kernel, **vix_options,
     )
-    mixer = build_mixer(NystromAttention, config).eval()
+    mixer = build_mixer(config).eval()
     with torch.no_grad():
         q, k, v = reference.to_qkv.weight.chunk(3, dim=0)
         mixer.q_proj.weight.copy_(q)
@@ -162,7 +162,7 @@ def nystrom_pair(hidden, heads, landmarks, iterations=6, conv_kernel=33, **vix_o
         mixer.v_proj.weight.copy_(v)
         mixer.o_proj.weight.copy_(reference.to_out[0].weight)
         mixer.o_proj.bias.copy_(reference.to_out[0].bias)
-        mixer.residual_conv.weight.copy_(reference.res_conv.weight)
+        mixer.kernel.residual_conv.weight.copy_(reference.res_conv.weight)
     return reference, mixer
 
 
@@ -192,7 +192,7 @@ def test_nystrom_mixer_matches_nystrom_attention_package(case):
     assert weights is None
     assert_close(actual, expected, 1e-5, f"nystrom {case}")
     # the map path (eager) computes the same output as the fused path
-    mixer.config._attn_implementation = "eager"
+    mixer.kernel.config._attn_implementation = "eager"
     with_map, weights = mixer(hidden_states, output_attentions=True)
     assert weights.shape == (batch, heads, tokens, tokens)
     assert_close(with_map, expected, 1e-5, f"nystrom {case}, output_attentions path")
@@ -219,12 +219,14 @@ def test_nystrom_per_head_scale_makes_samples_independent_of_batch():
 # ---------------------------------------------------------------------------------------------------------
 
 
-def softmax_twin(nystrom: NystromAttention, config: VixConfig) -> SoftmaxAttention:
-    """Exact softmax attention with the Nystrom mixer's q/k/v/o weights (and its config, so the same path)."""
-    exact = SoftmaxAttention(config, vit_mixer_shape(config)).eval()
-    exact.load_state_dict(
-        {k: v for k, v in nystrom.state_dict().items() if not k.startswith("residual_conv")}, strict=True
-    )
+def softmax_twin(mixer: VixAttention, config: VixConfig) -> VixAttention:
+    """Exact softmax attention with another mixer's q/k/v/o weights (and its attn_implementation, so the same
+    path)."""
+    softmax_config = copy.deepcopy(config)
+    softmax_config.attention_type = "softmax"
+    softmax_config._attn_implementation = config._attn_implementation
+    exact = VixAttention(softmax_config, layer_shape(softmax_config)).eval()
+    exact.load_state_dict({k: v for k, v in mixer.state_dict().items() if not k.startswith("kernel.")}, strict=True)
     return exact
 
 
@@ -234,9 +236,9 @@ def test_nystrom_with_all_tokens_as_landmarks_is_exact_softmax():
         attention_type="nystrom", hidden_size=32, num_attention_heads=4, nystrom_num_landmarks=17,
         nystrom_pinv_iterations=30, nystrom_residual_conv_kernel=0,
     )
-    nystrom = build_mixer(NystromAttention, config, "eager").eval()  # eager: both mixers return their maps
+    nystrom = build_mixer(config, "eager").eval()  # eager: both mixers return their maps
     randomize_(nystrom, std=0.15)
-    assert nystrom.residual_conv is None
+    assert nystrom.kernel.residual_conv is None
     exact = softmax_twin(nystrom, config)
     hidden_states = torch.randn(2, 17, 32)
     expected, weights = exact(hidden_states, output_attentions=True)
@@ -274,7 +276,7 @@ def test_nystrom_uneven_segments_beat_zero_padding(cifar_pixels):
                 attention_type="nystrom", nystrom_num_landmarks=8, nystrom_pinv_iterations=6,
                 nystrom_residual_conv_kernel=0, nystrom_padding=padding,
             )
-            nystrom = build_mixer(NystromAttention, config).eval()
+            nystrom = build_mixer(config).eval()
             randomize_(nystrom, std=0.15, seed=seed)
             exact = softmax_twin(nystrom, config)
             approx, expected = nystrom(hidden_states)[0], exact(hidden_states)[0]
@@ -324,41 +326,44 @@ def test_performer_mixer_matches_performer_pytorch(kernel):
     from performer_pytorch import FastAttention
 
     config = tiny_config(attention_type="performer", performer_kernel=kernel)
-    mixer = build_mixer(PerformerAttention, config).eval()
+    mixer = build_mixer(config).eval()
     randomize_(mixer, std=0.3)
-    mixer.redraw_projection()
-    assert mixer.projection_matrix.shape == (int(8 * math.log(8)), 8)  # default int(d ln d) features
-    assert mixer.projection_matrix.abs().sum() > 0
+    mixer.kernel.redraw_projection()
+    assert mixer.kernel.projection_matrix.shape == (int(8 * math.log(8)), 8)  # default int(d ln d) features
+    assert mixer.kernel.projection_matrix.abs().sum() > 0
     if kernel == "relu":
-        reference = FastAttention(mixer.head_dim, mixer.num_features, generalized_attention=True, kernel_fn=nn.ReLU())
+        reference = FastAttention(mixer.head_dim, mixer.kernel.num_features, generalized_attention=True,
+                                  kernel_fn=nn.ReLU())
     else:
-        reference = FastAttention(mixer.head_dim, mixer.num_features)
-    assert reference.projection_matrix.shape == mixer.projection_matrix.shape
-    reference.projection_matrix.copy_(mixer.projection_matrix)
+        reference = FastAttention(mixer.head_dim, mixer.kernel.num_features)
+    assert reference.projection_matrix.shape == mixer.kernel.projection_matrix.shape
+    reference.projection_matrix.copy_(mixer.kernel.projection_matrix)
 
     hidden_states = torch.randn(2, 65, 32)
-    query, key, value = mixer.project_qkv(hidden_states, None)  # (B, H, N, D)
+    query, key, value = (mixer.split_heads(projection(hidden_states))  # (B, H, N, D)
+                         for projection in (mixer.q_proj, mixer.k_proj, mixer.v_proj))
     expected = mixer.o_proj(reference(query, key, value).transpose(1, 2).flatten(2))
     actual, weights = mixer(hidden_states)  # the fused (sdpa) path: no map
     assert weights is None
     assert_close(actual, expected, 1e-5, f"performer {kernel}")
     # the attention map the eager path returns is the same linear attention, written out
-    mixer.config._attn_implementation = "eager"
+    mixer.kernel.config._attn_implementation = "eager"
     with_map, weights = mixer(hidden_states, output_attentions=True)
     assert_close(with_map, expected, 1e-5, f"performer {kernel}, output_attentions path")
     assert_close(weights.sum(-1), torch.ones(2, 4, 65), 1e-5, f"performer {kernel} map rows sum")
 
 
-def favor_map(mixer: PerformerAttention, query, key):
+def favor_map(mixer: VixAttention, query, key):
     """FAVOR+'s estimate of the (B, H, N, N) softmax attention map, from the mixer's own feature map."""
-    scores = mixer.feature_map(query, is_query=True) @ mixer.feature_map(key, is_query=False).transpose(-1, -2)
+    features = mixer.kernel.feature_map
+    scores = features(query, is_query=True) @ features(key, is_query=False).transpose(-1, -2)
     return scores / scores.sum(-1, keepdim=True)
 
 
-def performer_with_features(num_features: int) -> PerformerAttention:
+def performer_with_features(num_features: int) -> VixAttention:
     config = tiny_config(attention_type="performer", performer_num_features=num_features)
-    mixer = build_mixer(PerformerAttention, config).eval()
-    mixer.redraw_projection()
+    mixer = build_mixer(config).eval()
+    mixer.kernel.redraw_projection()
     return mixer
 
 
@@ -368,7 +373,7 @@ def test_favor_plus_with_many_features_approximates_softmax():
     query, key = (0.5 * torch.randn(2, 4, 65, 8, generator=generator) for _ in range(2))  # small-norm q, k
     value = torch.randn(2, 4, 65, 8, generator=generator)
     many, few = performer_with_features(4096), performer_with_features(8)
-    exact, exact_map = eager_attention_forward(many, query, key, value, None, many.scaling)
+    exact, exact_map = eager_attention_forward(many, query, key, value, None, many.kernel.scaling)
     exact = exact.transpose(1, 2)  # (B, H, N, D)
     uniform_map = torch.full_like(exact_map, 1 / 65)
     errors = {
@@ -387,11 +392,10 @@ def test_favor_plus_with_many_features_approximates_softmax():
 
     # the whole mixer against the softmax mixer with the same q/k/v/o weights
     config = tiny_config(attention_type="performer", performer_num_features=4096)
-    mixer = build_mixer(PerformerAttention, config).eval()
+    mixer = build_mixer(config).eval()
     randomize_(mixer, std=0.1)
-    mixer.redraw_projection()
-    exact_mixer = SoftmaxAttention(config, vit_mixer_shape(config)).eval()
-    exact_mixer.load_state_dict({k: v for k, v in mixer.state_dict().items() if k != "projection_matrix"})
+    mixer.kernel.redraw_projection()
+    exact_mixer = softmax_twin(mixer, config)
     hidden_states = nn.functional.layer_norm(torch.randn(2, 65, 32, generator=generator), (32,))
     exact_out, _ = exact_mixer(hidden_states)
     mixer_error = relative_error(mixer(hidden_states)[0], exact_out)
@@ -410,12 +414,12 @@ def test_favor_plus_converges_with_more_features():
     not: the first row of each block leans to -e_1, the mean row direction is ~0.035 per entry at head dim 8,
     and the map error stalls at ~4.3e-2 however many features (Haar blocks: ~4e-3 at 16384)."""
     mixer = performer_with_features(16384)
-    unit_rows = mixer.projection_matrix / mixer.projection_matrix.norm(dim=1, keepdim=True)
+    unit_rows = mixer.kernel.projection_matrix / mixer.kernel.projection_matrix.norm(dim=1, keepdim=True)
     mean_direction = unit_rows.mean(0)
     print(f"mean unit row direction over 16384 rows: {mean_direction}")  # Haar: each entry ~ +-0.003
     generator = torch.Generator().manual_seed(4)
     query, key = (0.3 * torch.randn(2, 4, 65, 8, generator=generator) for _ in range(2))
-    _, exact_map = eager_attention_forward(mixer, query, key, key, None, mixer.scaling)
+    _, exact_map = eager_attention_forward(mixer, query, key, key, None, mixer.kernel.scaling)
     error = relative_error(favor_map(mixer, query, key), exact_map)
     print(f"FAVOR+ map relative error with 16384 features: {error:.3e} (Haar-random blocks give ~4e-3)")
     assert mean_direction.abs().max() < 0.015
@@ -425,9 +429,9 @@ def test_favor_plus_converges_with_more_features():
 @torch.no_grad()
 def test_performer_projection_rows_orthogonal_within_blocks():
     config = tiny_config(attention_type="performer", hidden_size=128, num_attention_heads=4)  # head dim 32
-    mixer = build_mixer(PerformerAttention, config)
-    mixer.redraw_projection()
-    matrix = mixer.projection_matrix
+    mixer = build_mixer(config)
+    mixer.kernel.redraw_projection()
+    matrix = mixer.kernel.projection_matrix
     assert matrix.shape == (int(32 * math.log(32)), 32) == (110, 32)
     norms = matrix.norm(dim=1)
     assert norms.std() > 0.1  # rows rescaled by chi-distributed norms, not all sqrt(d)
@@ -463,10 +467,10 @@ def test_linformer_mixer_matches_linformer_package(variant):
         dim=32, seq_len=65, k=16, heads=4, dim_head=8, **package_options
     ).eval()
     randomize_(reference, std=0.15)
-    mixer = build_mixer(LinformerAttention, config).eval()
+    mixer = build_mixer(config).eval()
     mapping = {"to_q.weight": "q_proj.weight", "to_k.weight": "k_proj.weight", "to_v.weight": "v_proj.weight",
                "to_out.weight": "o_proj.weight", "to_out.bias": "o_proj.bias",
-               "proj_k": "seq_proj_k", "proj_v": "seq_proj_v"}
+               "proj_k": "kernel.seq_proj_k", "proj_v": "kernel.seq_proj_v"}
     renamed = {mapping[key]: value for key, value in reference.state_dict().items()}
     print(f"linformer {variant}: package keys {sorted(reference.state_dict())} -> {sorted(mixer.state_dict())}")
     mixer.load_state_dict(renamed, strict=True)
@@ -476,7 +480,7 @@ def test_linformer_mixer_matches_linformer_package(variant):
     actual, weights = mixer(hidden_states)  # the fused (sdpa) path
     assert weights is None
     assert_close(actual, expected, 1e-5, f"linformer {variant}")
-    mixer.config._attn_implementation = "eager"
+    mixer.kernel.config._attn_implementation = "eager"
     with_map, weights = mixer(hidden_states, output_attentions=True)
     assert weights.shape == (3, 4, 65, 16)
     assert_close(with_map, expected, 1e-5, f"linformer {variant}, output_attentions path")
