@@ -265,6 +265,9 @@ class VixLevitPreTrainedModel(VixBasePreTrainedModel):
         "hidden_states": OutputRecorder(VixLevitStage, index=0, num_hidden_layers_key="num_stages"),
         "attentions": AttentionKernel,
     }
+    # LeViT projects q, k, v with one Linear (+ BatchNorm) per attention, and the shrink attention queries and keys /
+    # values with two: LoRA adapts those Linears (the names transformers' LeViT uses).
+    default_lora_target_modules = ("queries_keys_values.linear", "queries.linear", "keys_values.linear")
     # No flex_attention: transformers' flex path adds a float mask's first head to every head, and LeViT's bias
     # differs per head.
     _supports_flex_attn = False

@@ -50,6 +50,9 @@ class VixBasePreTrainedModel(PreTrainedModel):
     _can_record_outputs = {"hidden_states": VixLayer, "attentions": AttentionKernel}
     # Where each Auto class finds this backbone's classes in a saved folder (set by each modeling file).
     auto_map: dict[str, str] = {}
+    # What a LoRA adapter targets by default (peft's `target_modules`, suffixes of module names): the query and value
+    # projections, as peft does for transformers' ViT. LeViT names its own.
+    default_lora_target_modules: tuple[str, ...] = ("q_proj", "v_proj")
 
     def __init__(self, config, *inputs, **kwargs):
         # Fields may have been changed one by one since construction; the config's own checks say what is wrong.
