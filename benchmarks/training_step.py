@@ -21,11 +21,13 @@ interleaved rounds and a row is the median of its rounds, with their range. The 
 """
 
 import json
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -35,6 +37,7 @@ from benchmarks.run import describe_machine, save_report
 from training.precision import resolve_precision
 
 
+CURRENT_CODE = "this checkout"
 PATHS = {  # name: (channels_last, sdpa math, compile)
     "before": (False, False, False),
     "channels_last": (True, False, False),
@@ -57,6 +60,9 @@ class StepArguments:
         "help": "rounds over every recipe and path, each path in a fresh process every round; a row reports the "
                 "median of its rounds and their range (a shared 2-core VM drifts by 10-20% between processes)"})
     name: str = "training_step"
+    compare_commit: str = field(default="", metadata={
+        "help": "also measure every recipe and path with the code of this git commit (checked out in a temporary "
+                "worktree), interleaved with this checkout's; ratios then read the commit's step / this checkout's"})
     one: str = field(default="", metadata={"help": "internal: measure one 'recipe:path' and print it"})
 
 
@@ -103,15 +109,32 @@ def measure_one(recipe: str, path: str, args: StepArguments) -> dict:
             "step_time_s": statistics.median(times[args.warmup_steps:]), "first_step_s": times[0]}
 
 
-def measure_in_subprocess(recipe: str, path: str, args: StepArguments) -> dict:
+def measure_in_subprocess(recipe: str, path: str, args: StepArguments, code_dir: str | None = None,
+                          code: str = CURRENT_CODE) -> dict:
+    """One measurement in a fresh process, with this checkout's code or (code_dir) another commit's."""
     command = [sys.executable, "-W", "ignore", "-m", "benchmarks.training_step", "--one", f"{recipe}:{path}",
                "--batch_size", str(args.batch_size), "--warmup_steps", str(args.warmup_steps),
                "--steps", str(args.steps)]
-    completed = subprocess.run(command, capture_output=True, text=True)
+    environment = None if code_dir is None else {**os.environ, "PYTHONPATH": code_dir}
+    completed = subprocess.run(command, capture_output=True, text=True, cwd=code_dir, env=environment)
     for line in completed.stdout.splitlines():
         if line.startswith("STEP_RESULT "):
-            return json.loads(line[len("STEP_RESULT "):])
-    return {"recipe": recipe, "path": path, "error": completed.stderr[-300:]}
+            return {**json.loads(line[len("STEP_RESULT "):]), "code": code}
+    return {"recipe": recipe, "path": path, "code": code, "error": completed.stderr[-300:]}
+
+
+@contextmanager
+def commit_checkout(commit: str):
+    """A temporary detached worktree of `commit` (removed afterwards), or None when no commit is asked for."""
+    if not commit:
+        yield None
+        return
+    folder = tempfile.mkdtemp(prefix="vix-step-")
+    subprocess.run(["git", "worktree", "add", "--detach", folder, commit], check=True, capture_output=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", folder], capture_output=True)
 
 
 def markdown(report: dict) -> str:
@@ -125,19 +148,26 @@ def markdown(report: dict) -> str:
         f"One AdamW step of each recipe's model (from `training/recipes/`) at batch {report['batch_size']}, "
         f"precision auto; median of {report['steps']} steps after {report['warmup_steps']} warm-up steps; each path "
         f"in its own process, in {report.get('repeats', 1)} interleaved round(s): a row is the median of its rounds, "
-        "and the range is theirs. Ratio: `before` of the same recipe / the path (above 1: faster).",
+        "and the range is theirs. " + (
+            f"Each path runs with the code of commit {report['compare_commit']} and of this checkout; ratio: the "
+            "commit's step / this checkout's (above 1: this checkout is faster)."
+            if report.get("compare_commit") else "Ratio: `before` of the same recipe / the path (above 1: faster)."),
         "",
-        "| recipe | mixer | path | step (s) | range over rounds (s) | speed-up vs before | first step (s) |",
-        "|---|---|---|---|---|---|---|",
+        "| recipe | mixer | code | path | step (s) | range over rounds (s) | speed-up | first step (s) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    before = {r["recipe"]: r["step_time_s"] for r in report["results"] if r["path"] == "before" and "step_time_s" in r}
+    commit = report.get("compare_commit")
+    steps = {(r["recipe"], r.get("code", CURRENT_CODE), r["path"]): r["step_time_s"]
+             for r in report["results"] if "step_time_s" in r}
     for r in report["results"]:
+        code = r.get("code", CURRENT_CODE)
         if "error" in r:
-            lines.append(f"| {r['recipe']} | | {r['path']} | fails: {r['error'][:80]} | | | |")
+            lines.append(f"| {r['recipe']} | | {code} | {r['path']} | fails: {r['error'][:80]} | | | |")
             continue
-        ratio = before[r["recipe"]] / r["step_time_s"] if r["recipe"] in before else float("nan")
+        baseline_key = (r["recipe"], commit, r["path"]) if commit else (r["recipe"], CURRENT_CODE, "before")
+        ratio = steps[baseline_key] / r["step_time_s"] if baseline_key in steps else float("nan")
         rounds = r.get("round_step_times_s", [r["step_time_s"]])
-        lines.append(f"| {r['recipe']} | {r['attention_type']} | {r['path']} | {r['step_time_s']:.3f} | "
+        lines.append(f"| {r['recipe']} | {r['attention_type']} | {code} | {r['path']} | {r['step_time_s']:.3f} | "
                      f"{min(rounds):.3f}-{max(rounds):.3f} | {ratio:.2f}x | {r['first_step_s']:.1f} |")
     lines.append("")
     return "\n".join(lines)
@@ -172,15 +202,20 @@ def main(argv=None):
               "warmup_steps": args.warmup_steps,
               "command": "python -m benchmarks.training_step " + " ".join(sys.argv[1:] if argv is None else argv),
               "results": []}
-    rounds = []  # rounds[i]: one result per (recipe, path), in order
-    for _ in range(args.repeats):
-        rounds.append([])
-        for recipe in args.recipes:
-            for path in args.paths:
-                result = measure_in_subprocess(recipe, path, args)
-                print(result, flush=True)
-                rounds[-1].append(result)
+    rounds = []  # rounds[i]: one result per (recipe, path, code), in order
+    with commit_checkout(args.compare_commit) as commit_dir:
+        codes = [(commit_dir, args.compare_commit)] if commit_dir else []
+        codes.append((None, CURRENT_CODE))
+        for _ in range(args.repeats):
+            rounds.append([])
+            for recipe in args.recipes:
+                for path in args.paths:
+                    for code_dir, code in codes:
+                        result = measure_in_subprocess(recipe, path, args, code_dir, code)
+                        print(result, flush=True)
+                        rounds[-1].append(result)
     report["repeats"] = args.repeats
+    report["compare_commit"] = args.compare_commit or None
     report["results"] = [combine_rounds(list(results)) for results in zip(*rounds, strict=True)]
     save_report(args.name, report, markdown(report))
 

@@ -115,8 +115,14 @@ def test_step_benchmark_reads_each_model_from_its_recipe_and_renders_ratios_per_
                           {"recipe": "b.yaml", "attention_type": "performer", "path": "fast", "step_time_s": 0.6,
                            "first_step_s": 1.0}]}
     text = training_step.markdown(report)
-    assert "| a.yaml | softmax | fast | 0.200 | 0.200-0.200 | 2.00x |" in text
-    assert "| b.yaml | performer | fast | 0.600 | 0.600-0.600 | 0.50x |" in text
+    assert "| a.yaml | softmax | this checkout | fast | 0.200 | 0.200-0.200 | 2.00x |" in text
+    assert "| b.yaml | performer | this checkout | fast | 0.600 | 0.600-0.600 | 0.50x |" in text
+    # Against another commit: each path's ratio is that commit's step over this checkout's.
+    against = {**report, "compare_commit": "abc1234", "results": [
+        {**report["results"][1], "code": "abc1234", "step_time_s": 0.3}, {**report["results"][1], "step_time_s": 0.2}]}
+    text = training_step.markdown(against)
+    assert "| a.yaml | softmax | this checkout | fast | 0.200 | 0.200-0.200 | 1.50x |" in text
+    assert "| a.yaml | softmax | abc1234 | fast | 0.300 | 0.300-0.300 | 1.00x |" in text
 
 
 def test_step_benchmark_rounds_combine_into_their_median_and_range():
@@ -127,7 +133,7 @@ def test_step_benchmark_rounds_combine_into_their_median_and_range():
     report = {"machine": {"cpu": "Test CPU", "cores": 2, "torch": "2"}, "batch_size": 128, "steps": 8,
               "warmup_steps": 3, "repeats": 3, "command": "python -m benchmarks.training_step --repeats 3",
               "results": [combined]}
-    assert "| a.yaml | softmax | fast | 0.200 | 0.100-0.300 |" in training_step.markdown(report)
+    assert "| a.yaml | softmax | this checkout | fast | 0.200 | 0.100-0.300 |" in training_step.markdown(report)
     failed = training_step.combine_rounds(rounds[:2] + [{"recipe": "a.yaml", "path": "fast", "error": "boom"}])
     assert failed["error"] == "boom"
 
