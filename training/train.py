@@ -205,6 +205,8 @@ def parse_args(argv=None) -> Settings:
     precision = resolve_precision(namespace["precision"], training_device(namespace["use_cpu"]),
                                   bf16=namespace["bf16"], fp16=namespace["fp16"], use_cpu=namespace["use_cpu"])
     namespace["bf16"], namespace["fp16"] = precision.name == "bf16", precision.name == "fp16"
+    if precision.use_cpu:  # bf16 on a CPU-only machine: TrainingArguments refuse it without use_cpu (not recorded)
+        namespace["use_cpu"] = True
     job, model, data, training = (build_arguments(dtype, namespace) for dtype in parser.dataclass_types)
     if job.model_name_or_path:
         if ignored := sorted(given_settings(model)):
