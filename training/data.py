@@ -113,17 +113,30 @@ def load_raw(args: DataArguments):
     return loaded
 
 
+class ColumnError(UsageError):
+    pass
+
+
+# datasets' imagefolder makes labels from the sub-folder names only when there are two or more of them
+ONE_FOLDER = ("The dataset has images but no labels: an image folder gets its labels from its sub-folders, one per "
+              "class, and a single sub-folder gives none (a classifier needs at least two classes). ")
+
+
 def detect_columns(dataset, image_column=None, label_column=None):
     """(image column, label column): the ones given, else the first known name present, else by feature type."""
     from datasets import ClassLabel, Image
 
-    names = dataset.column_names
+    names = list(dataset.column_names or dataset.features)
     features = dataset.features
+
+    def hint(kind):  # images and nothing else: an image folder with one class folder, the usual cause
+        image_only = kind == "label" and len(names) == 1 and isinstance(features[names[0]], Image)
+        return ONE_FOLDER if image_only else ""
 
     def pick(given, candidates, feature_type, kind, flag):
         if given is not None:
             if given not in names:
-                raise ValueError(f"--{flag} {given!r} is not a column of the dataset; columns: {names}.")
+                raise ColumnError(f"{hint(kind)}--{flag} {given!r} is not a column of the dataset; columns: {names}.")
             return given
         for name in candidates:
             if name in names:
@@ -131,8 +144,8 @@ def detect_columns(dataset, image_column=None, label_column=None):
         typed = [name for name in names if isinstance(features[name], feature_type)]
         if len(typed) == 1:
             return typed[0]
-        raise ValueError(
-            f"Could not detect the {kind} column among {names} (known names: {', '.join(candidates)}); "
+        raise ColumnError(
+            f"{hint(kind)}Could not detect the {kind} column among {names} (known names: {', '.join(candidates)}); "
             f"pass --{flag}."
         )
 
@@ -211,6 +224,14 @@ def check_images(splits, image_column, skip: bool):
     return skipped
 
 
+def check_label_count(labels: list, label_column: str, dataset_name: str) -> None:
+    """A classifier needs two classes or more: one class would train a model that always answers it."""
+    if len(labels) < 2:
+        found = f"one class ({labels[0]!r})" if labels else "no classes"
+        raise LabelError(f"Dataset {dataset_name!r} has {found} in column {label_column!r}: a classifier needs at "
+                         "least two. Add the other classes (an image folder: one sub-folder per class).")
+
+
 def check_labels(splits, label_column, num_labels: int) -> None:
     """Raise LabelError naming the split when a label is outside [0, num_labels) and is not -100 (ignored).
 
@@ -244,10 +265,11 @@ def load_splits(args: DataArguments, seed: int):
 
     raw = load_raw(args)
     if "train" not in raw:
-        raise ValueError(f"Dataset {args.dataset_name!r} has no 'train' split; splits: {list(raw)}.")
+        raise UsageError(f"Dataset {args.dataset_name!r} has no 'train' split; splits: {list(raw)}.")
     image_column, label_column = detect_columns(raw["train"], args.image_column, args.label_column)
     splits = DatasetDict({name: split.select_columns([image_column, label_column]) for name, split in raw.items()})
     splits, labels = encode_labels(splits, label_column)
+    check_label_count(labels, label_column, args.dataset_name)
     check_labels(splits, label_column, len(labels))
     skipped = check_images(splits, image_column, args.skip_unreadable_images) if args.check_images else {}
 

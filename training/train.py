@@ -57,6 +57,7 @@ from modeling_vix import VixImageProcessor
 from modeling_vix.image_processing_vix import to_8bit
 
 from .augment import Augmenter
+from .checks import check_training_settings
 from .data import ROW_COLUMN, DataArguments, dataset_display_name, load_splits
 from .errors import UsageError
 from .model_flags import (
@@ -72,7 +73,7 @@ from .model_flags import (
 from .precision import PRECISIONS, Precision, resolve_precision
 from .preload import PreloadedImages
 from .recipe_files import RECIPE_SUFFIXES, find_recipe, resolve_recipe, write_recipe
-from .runs import RunTotals, check_launch, prepare_output_dir
+from .runs import RunTotals, check_launch, default_output_dir, prepare_output_dir, run_name
 
 
 logger = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ class JobArguments:
 
 # TrainingArguments defaults of this job that differ from transformers' own (a recipe or a flag overrides them).
 TRAINING_DEFAULTS = {
-    "output_dir": "outputs/vix-digits",
+    "output_dir": None,  # not given: outputs/<model>-<data>, numbered if taken (runs.default_output_dir)
     "num_train_epochs": 8,
     "learning_rate": 2e-3,
     "weight_decay": 0.05,
@@ -160,10 +161,35 @@ class Settings(NamedTuple):
     precision: Precision  # what --precision resolved to, why, and the metrics.json record
 
 
+SHORT_USAGE = "usage: python -m training.train [RECIPE.yaml] [--flag value ...]   (--help lists every flag)"
+
+
+class JobParser(HfArgumentParser):
+    """argparse's errors as one `error:` line (exit 2) instead of the ~200-line usage of every flag: a bad value
+    (`--attention_type nystorm`: invalid choice) alone, a syntax error (unknown flag, missing value) after a
+    one-line usage."""
+
+    def error(self, message):
+        syntax = not message.startswith("argument ") or "expected" in message
+        self.exit(2, (SHORT_USAGE + "\n" if syntax else "") + f"error: {message}\n")
+
+
 def make_parser() -> HfArgumentParser:
-    parser = HfArgumentParser((JobArguments, ModelArguments, DataArguments, TrainingArguments))
+    parser = JobParser((JobArguments, ModelArguments, DataArguments, TrainingArguments),
+                       prog="python -m training.train")
     parser.set_defaults(**TRAINING_DEFAULTS)
     return parser
+
+
+def derived_output_dir(namespace: dict, model_settings: dict) -> str:
+    """The run folder when --output_dir is not given: named after the model and the data, numbered if taken."""
+    model = namespace["model_name_or_path"] or (
+        f"{namespace['model_type']}-{model_settings.get('attention_type') or 'softmax'}")
+    data = namespace["data_dir"] if namespace["dataset_name"] == "imagefolder" and namespace["data_dir"] else \
+        namespace["dataset_name"]
+    resume = namespace["resume_from_checkpoint"]
+    reuse_last = namespace["overwrite_output_dir"] or (resume is not None and str(resume).lower() != "false")
+    return str(default_output_dir(run_name(model, data), reuse_last))
 
 
 def read_recipe(path) -> dict:
@@ -207,7 +233,7 @@ def parse_args(argv=None) -> Settings:
     namespace["bf16"], namespace["fp16"] = precision.name == "bf16", precision.name == "fp16"
     if precision.use_cpu:  # bf16 on a CPU-only machine: TrainingArguments refuse it without use_cpu (not recorded)
         namespace["use_cpu"] = True
-    job, model, data, training = (build_arguments(dtype, namespace) for dtype in parser.dataclass_types)
+    job, model, data = (build_arguments(dtype, namespace) for dtype in parser.dataclass_types[:3])
     if job.model_name_or_path:
         if ignored := sorted(given_settings(model)):
             logger.warning("Fine-tuning %s: its architecture is used, so these model settings are ignored: %s "
@@ -215,6 +241,10 @@ def parse_args(argv=None) -> Settings:
         model_settings = {}
     else:
         model_settings = resolve_model_settings(job.model_type, model)
+    if namespace["output_dir"] is None:
+        namespace["output_dir"] = derived_output_dir(namespace, model_settings)
+    training = build_arguments(TrainingArguments, namespace)
+    check_training_settings(training, data)
     return Settings(job, model, data, training, model_settings, changed, precision)
 
 
@@ -244,14 +274,19 @@ def load_metric():
     return evaluate.load(str(METRIC_MODULE), keep_in_memory=True)  # in memory: no cache files shared by DDP ranks
 
 
-def make_compute_metrics(metric):
-    """Trainer `compute_metrics`: top-1 and top-5 accuracy through the evaluate module."""
+TOP_K = 5
+
+
+def make_compute_metrics(metric, k: int = TOP_K):
+    """Trainer `compute_metrics`: top-1 accuracy, and top-k through the evaluate module where it means something:
+    with k classes or fewer every label is among the k highest logits, so top-k is left out."""
 
     def compute_metrics(eval_prediction):
         logits, labels = eval_prediction.predictions, eval_prediction.label_ids
         if isinstance(logits, tuple):
             logits = logits[0]
-        return metric.compute(predictions=logits, references=labels, k=5)
+        result = metric.compute(predictions=logits, references=labels, k=k)
+        return result if logits.shape[-1] > k else {"accuracy": result["accuracy"]}
 
     return compute_metrics
 
@@ -405,6 +440,7 @@ def run(argv=None, callbacks=None):
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     logger.info("precision %s (%s)", settings.precision.name, settings.precision.reason)
+    logger.info("output folder %s", training_args.output_dir)
     with training_args.main_process_first(desc="output folder check"):
         resume = prepare_output_dir(training_args.output_dir, job.model_name_or_path,
                                     training_args.resume_from_checkpoint, job.overwrite_output_dir,
@@ -478,8 +514,9 @@ def run(argv=None, callbacks=None):
         write_recipe(final_dir / "recipe.yaml", recipe)
         (final_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
         card_path = write_model_card(final_dir, metrics, recipe)
+        top_k = f" (top-{TOP_K} {metrics[f'test_top{TOP_K}_accuracy']:.4f})" if f"test_top{TOP_K}_accuracy" in metrics else ""
         print(
-            f"test accuracy {metrics['test_accuracy']:.4f} (top-5 {metrics['test_top5_accuracy']:.4f}) on "
+            f"test accuracy {metrics['test_accuracy']:.4f}{top_k} on "
             f"{metrics['split_sizes']['test']} {metrics['dataset']} test images, "
             f"{metrics['num_parameters']:,} parameters, {metrics['train_runtime']:.0f} s training\n"
             f"model folder: {final_dir.resolve()}\nmodel card: {card_path.resolve()}"
