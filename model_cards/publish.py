@@ -2,12 +2,13 @@
 
     python -m model_cards.publish --results outputs/cpu/results.json --repo_prefix user/vix- --dry_run
     python -m model_cards.publish --results outputs/cpu/results.json --repo_prefix user/vix-
-    python -m model_cards.publish --folders outputs/vix-digits/final --repo_prefix user/vix- --private
+    python -m model_cards.publish --folders outputs/vix-nystrom-digits/final --repo_prefix user/vix- --private
 
 A folder is a training run's `final/` (training/train.py), a row of a training/results.py `results.json` (its
 `run_dir/final`), a converted folder (conversion/: its card names the source and the parity measured) or any
-folder `save_pretrained` wrote with its image processor (its card marks accuracy and training as not recorded). Repo names are the prefix plus the recipe (or folder) name, e.g. `user/vix-cifar10-vit`;
-a name that already starts with the prefix's name part is not prefixed twice (`vix-digits` -> `user/vix-digits`).
+folder `save_pretrained` wrote with its image processor (its card marks accuracy and training as not recorded).
+Repo names are the prefix plus the recipe (or folder) name, e.g. `user/vix-cifar10-vit`; a name that already
+starts with the prefix's name part is not prefixed twice (`vix-digits` -> `user/vix-digits`).
 
 Every folder is checked before anything is sent: weights, processor, config and the modeling files its
 `auto_map` needs must be there, every JSON file must parse, recipe.yaml too, every safetensors file

@@ -135,7 +135,8 @@ repository re-runs it.
 {% elif conversion %}
 These weights were converted (see Conversion above), not trained with ViX.
 {% else %}
-Not recorded: no `recipe.yaml` came with these weights, so the data, settings, hardware and time of their training are not stated here.
+Not recorded: no `recipe.yaml` came with these weights, so the data, settings, hardware and time of their \
+training are not stated here.
 {% endif %}
 
 ## Results
@@ -151,7 +152,8 @@ Not recorded: no `recipe.yaml` came with these weights, so the data, settings, h
 
 Every number above comes from `metrics.json`, written by the training run that produced these weights.
 {% else %}
-Not measured: no evaluation was recorded with these weights (no `metrics.json`), so this card states no accuracy.{% if conversion %} The parity above compares logits with the source model; it is not an accuracy.{% endif %}
+Not measured: no evaluation was recorded with these weights (no `metrics.json`), so this card states no accuracy.\
+{% if conversion %} The parity above compares logits with the source model; it is not an accuracy.{% endif %}
 
 {% endif %}
 

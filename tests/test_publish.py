@@ -395,8 +395,9 @@ def test_converted_and_fine_tuned_folders_publish_with_what_is_known(tmp_path):
     from modeling_vix import VixConfig, VixForImageClassification, VixImageProcessor
 
     source = tmp_path / "vit"  # a 3-class transformers ViT: top-5 would be every class
-    ViTForImageClassification(ViTConfig(image_size=16, patch_size=4, hidden_size=16, num_hidden_layers=1,
-                                        num_attention_heads=2, intermediate_size=32, num_labels=3)).save_pretrained(source)
+    vit = ViTConfig(image_size=16, patch_size=4, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                    intermediate_size=32, num_labels=3)
+    ViTForImageClassification(vit).save_pretrained(source)
     converted = tmp_path / "vix-vin-converted"
     images = [Image.new("RGB", (16, 16), (40 * i, 0, 0)) for i in range(2)]
     convert_transformers(str(source), converted, attention_type="nystrom",

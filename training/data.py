@@ -10,8 +10,11 @@ Splits: a `validation` (or `valid`/`val`) split is used as is; without one, a se
 `--validation_split_size` fraction is carved from train. The same for `test` (`--test_split_size`).
 Checkpoints are selected on validation; test is evaluated once, at the end.
 
-Unreadable images are found before training by decoding every image once (`--check_images`): the job
-stops with an error naming the split, row and file, or, with `--skip_unreadable_images`, drops and counts them.
+Unreadable images are found before training by decoding every image once (`--check_images`, for sets of up
+to `PRECHECK_LIMIT` images): the job stops with an error naming the split, row and file, or, with
+`--skip_unreadable_images`, drops and counts them. Larger sets, `--check_images false` and `--streaming true`
+find them as they are read (training/lazy_images.py): the job stops naming the file, or skips and counts them.
+`--streaming true` reads the data as a `datasets` IterableDataset instead (training/streaming.py).
 Images that ViX cannot scale to 8 bits (mode `I` beyond 16 bits, mode `F` outside [0, 1]; see
 `modeling_vix.image_processing_vix.to_8bit`) count as unreadable. Labels outside [0, number of labels), other
 than -100 (ignored), stop the job with an error naming the split.
@@ -64,7 +67,9 @@ class DataArguments:
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "Keep a seeded random subset of validation and of test."}
     )
-    check_images: bool = field(default=True, metadata={"help": "Decode every image once before training."})
+    check_images: bool = field(default=True, metadata={
+        "help": "Decode every image once before training, for sets of up to 100,000 images; larger sets (and false) "
+                "find unreadable images as they are read."})
     preload_images: bool = field(default=False, metadata={
         "help": "Decode every image once into memory (uint8, at the model's input size) instead of once per epoch: "
                 "much faster epochs for small images such as CIFAR (150 MB for CIFAR-10)."})
@@ -77,9 +82,16 @@ class DataArguments:
     randaugment_magnitude: float = 9.0
     random_erasing: float = field(default=0.25, metadata={"help": "Random-erasing probability (randaugment policy)."})
     cache_dir: str | None = None
+    streaming: bool = field(default=False, metadata={
+        "help": "Read the data as a datasets IterableDataset (a Hub id or local files), decoding images as they are "
+                "read: for data larger than memory or disk cache. Needs a ClassLabel label column; shuffles with a "
+                "buffer of --shuffle_buffer_size; --dataloader_num_workers N reads N shards in parallel."})
+    shuffle_buffer_size: int = field(default=10_000, metadata={
+        "help": "--streaming: examples held in the shuffle buffer (more: better mixed, more memory)."})
 
 
 IGNORED_LABEL = -100  # the loss skips these samples (PyTorch's ignore_index)
+PRECHECK_LIMIT = 100_000  # images decoded before training at most; larger sets are checked as they are read
 
 
 class UnreadableImageError(UsageError):
@@ -271,7 +283,8 @@ def load_splits(args: DataArguments, seed: int):
     splits, labels = encode_labels(splits, label_column)
     check_label_count(labels, label_column, args.dataset_name)
     check_labels(splits, label_column, len(labels))
-    skipped = check_images(splits, image_column, args.skip_unreadable_images) if args.check_images else {}
+    precheck = args.check_images and sum(len(split) for split in splits.values()) <= PRECHECK_LIMIT
+    skipped = check_images(splits, image_column, args.skip_unreadable_images) if precheck else {}
 
     train = splits["train"]
     train = train.add_column(ROW_COLUMN, np.arange(len(train), dtype=np.int64))
@@ -295,7 +308,7 @@ def load_splits(args: DataArguments, seed: int):
     )
     info = {
         "image_column": image_column, "label_column": label_column, "labels": labels,
-        "skipped_images": skipped, "carved_splits": carved,
+        "skipped_images": skipped, "carved_splits": carved, "images_checked": precheck,
         "split_sizes": {name: len(split) for name, split in result.items()},
     }
     return result, info
