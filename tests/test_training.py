@@ -27,7 +27,7 @@ TINY = ["--hidden_size", "16", "--num_hidden_layers", "1", "--num_attention_head
         "--disable_tqdm", "true", "--logging_steps", "1"]
 
 
-def test_main_job_on_digits_end_to_end_beats_chance(tmp_path, capsys):
+def test_main_job_on_digits_end_to_end_beats_chance(tmp_path, capsys, monkeypatch):
     """The README's main command, shrunk: a tiny hybrid ViN on real digits, selected on validation, tested once."""
     out = tmp_path / "run"
     metrics = main(["--output_dir", str(out), "--hidden_size", "32", "--num_hidden_layers", "2", "--image_size", "16",
@@ -62,8 +62,11 @@ def test_main_job_on_digits_end_to_end_beats_chance(tmp_path, capsys):
 
     from transformers import pipeline
 
+    prompts = []  # transformers asks "Do you wish to run the custom code? [y/N]" through input()
+    monkeypatch.setattr("builtins.input", lambda prompt="": prompts.append(prompt) or "n")
     classify = pipeline("image-classification", model=str(final))
     assert classify(Image.new("L", (8, 8)))[0]["label"] in [str(d) for d in range(10)]
+    assert prompts == []  # the package is imported: nothing may ask about remote code
 
 
 class Interrupt(TrainerCallback):

@@ -113,13 +113,16 @@ def streaming_splits(args, seed: int):
     return splits, info
 
 
-def with_transforms(splits: dict, processor, image_column: str, label_column: str, augmenter, skipped):
-    """Each split decoded (and the train split augmented) as it is read; batches of the processor's work."""
+def with_transforms(splits: dict, processor, image_column: str, label_column: str, augmenter, skipped,
+                    batch_size: int):
+    """Each split decoded (and the train split augmented) as it is read, `batch_size` images at a time (the
+    training batch: a larger one would make a worker decode several batches before handing over the first)."""
     out = {}
     for name, split in splits.items():
         transform = make_transform(processor, image_column, label_column, augmenter if name == "train" else None,
                                    split=name, skipped=skipped)
-        out[name] = split.map(transform, batched=True, batch_size=64, remove_columns=[image_column, label_column])
+        out[name] = split.map(transform, batched=True, batch_size=batch_size,
+                              remove_columns=[image_column, label_column])
     return out
 
 

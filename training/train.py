@@ -459,7 +459,8 @@ def run(argv=None, callbacks=None):
     image_column, label_column = data_info["image_column"], data_info["label_column"]
     skipped = SkippedReads(splits) if data_args.skip_unreadable_images else None  # images found unreadable as read
     if data_args.streaming:
-        splits = with_transforms(splits, processor, image_column, label_column, augmenter, skipped)
+        splits = with_transforms(splits, processor, image_column, label_column, augmenter, skipped,
+                                 training_args.per_device_train_batch_size)
     elif data_args.preload_images:  # decoded once, here, not in every epoch (training/preload.py)
         splits = {name: PreloadedImages(split, processor, image_column, label_column,
                                         augmenter if name == "train" else None) for name, split in splits.items()}
