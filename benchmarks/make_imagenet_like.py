@@ -2,7 +2,7 @@
 classes, in the Hub's parquet layout (`data/<split>-NNNNN-of-MMMMM.parquet`, an `image` and a ClassLabel `label`
 column), so that `datasets.load_dataset(folder)` reads it as it reads a Hub dataset, map-style or streaming.
 
-    python -m benchmarks.make_imagenet_like --output_dir outputs/imagenet_like                    # 20k images, 100 classes
+    python -m benchmarks.make_imagenet_like --output_dir outputs/imagenet_like    # 20k images, 100 classes
     python -m benchmarks.make_imagenet_like --output_dir outputs/tiny_like --num_images 600 --num_classes 10
 
 Each class is a colour and a stripe orientation; each image adds a random phase, a blob and noise, so the JPEGs
@@ -57,7 +57,8 @@ def write_split(args: MakeArguments, split: str, count: int, rng) -> int:
     """Write `count` images of `split` in shards of `images_per_shard`; returns the bytes written."""
     from datasets import ClassLabel, Dataset, Features, Image
 
-    features = Features({"image": Image(), "label": ClassLabel(names=[f"class_{i:03d}" for i in range(args.num_classes)])})
+    names = [f"class_{i:03d}" for i in range(args.num_classes)]
+    features = Features({"image": Image(), "label": ClassLabel(names=names)})
     shards = max(1, math.ceil(count / args.images_per_shard))
     written = 0
     for shard in range(shards):

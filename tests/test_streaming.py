@@ -25,7 +25,8 @@ def png_bytes(array) -> bytes:
 @pytest.fixture(scope="module")
 def parquet_stream(tmp_path_factory):
     """The Hub's parquet layout: train in 3 shards (72 images of 3 classes), validation and test in one each."""
-    from datasets import ClassLabel, Dataset, Features, Image as ImageFeature
+    from datasets import ClassLabel, Dataset, Features
+    from datasets import Image as ImageFeature
 
     root = tmp_path_factory.mktemp("stream")
     (root / "data").mkdir()
@@ -72,7 +73,8 @@ def test_a_stream_needs_a_step_count_and_files(parquet_stream, tmp_path, capsys)
     from datasets import Dataset
 
     unsized = tmp_path / "unsized"  # parquet files without the Hub's metadata: no split sizes
-    Dataset.from_parquet(str(parquet_stream / "data" / "train-00000-of-00003.parquet")).to_parquet(unsized / "x.parquet")
+    shard = parquet_stream / "data" / "train-00000-of-00003.parquet"
+    Dataset.from_parquet(str(shard)).to_parquet(unsized / "x.parquet")
     for argv, message in (
         (["--dataset_name", str(unsized), "--streaming", "true", "--max_eval_samples", "4"], "give --max_steps N"),
         (["--dataset_name", str(unsized), "--streaming", "true", "--max_steps", "1"], "Give --max_eval_samples N"),
