@@ -2,7 +2,7 @@
 training step, images per second after it, and peak memory, with 0, 2 and 4 DataLoader workers, in one run.
 
     python -m benchmarks.make_imagenet_like --output_dir outputs/imagenet_like   # 20k JPEGs, 256 px, 100 classes
-    python -m benchmarks.streaming --dataset_name outputs/imagenet_like               # -> benchmarks/results/streaming.*
+    python -m benchmarks.streaming --dataset_name outputs/imagenet_like   # -> benchmarks/results/streaming.*
     python -m benchmarks.streaming --dataset_name outputs/tiny_like --steps 5 --workers 0 2 --name streaming_smoke
 
 Each configuration is one `python -m training.train` process (the job as users run it), started alone:
