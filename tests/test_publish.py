@@ -317,15 +317,16 @@ def test_publishing_one_folder_keeps_the_other_variants_in_the_index(zoo, tmp_pa
 
 
 def test_repo_names_are_what_the_readme_says():
-    """The README's one-folder example publishes to the repo its comment names (the prefix is not doubled)."""
+    """docs/publishing.md's one-folder example publishes to the repo its comment names (the prefix is not doubled)."""
     import shlex
 
     assert publish.repo_id_for("user/vix-", "vix-digits") == "user/vix-digits"
+    assert publish.repo_id_for("user/vix-", "vix-nystrom-digits") == "user/vix-nystrom-digits"
     assert publish.repo_id_for("user/vix-", "cifar10_hybrid_vin_rope") == "user/vix-cifar10-hybrid-vin-rope"
     assert publish.repo_id_for("user/", "vix-digits") == "user/vix-digits"
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "publishing.md").read_text()
     examples = re.findall(r"^python -m model_cards\.publish (--folders .*?)\s+# one folder: (\S+)$", readme, flags=re.M)
-    assert examples, "the README shows publishing one folder and the repo it goes to"
+    assert examples, "docs/publishing.md shows publishing one folder and the repo it goes to"
     for flags, stated in examples:
         args = publish.parse_arguments(publish.make_parser(), shlex.split(flags.replace("<user>", "user")))
         assert [target.repo_id for target in publish.collect_targets(args)] == [stated.replace("<user>", "user")]
