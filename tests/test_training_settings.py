@@ -294,7 +294,8 @@ def test_training_docs_document_resuming_and_the_launchers():
     assert "torchrun --nproc_per_node 2 -m training.train" in section
     assert "torchrun --nnodes 2" in section and "accelerate launch --config_file" in section  # several machines
     assert re.search(r"resum\w+[^.]*same (recipe|flags)", section)  # resuming needs the run's settings again
-    fine_tune = next(line for line in section.splitlines() if "--model_name_or_path outputs/vix-nystrom-digits/final" in line)
+    fine_tune = next(line for line in section.splitlines()
+                     if "--model_name_or_path outputs/vix-nystrom-digits/final" in line)
     block = section[section.index(fine_tune):].split("\n\n", 1)[0]
     assert "--output_dir" in block  # its own folder: never the one it loads from
 
