@@ -367,6 +367,22 @@ def training_rows(metrics: dict, recipe: dict) -> list[tuple[str, str]]:
     return rows
 
 
+TOP_K_KEY = re.compile(r"top(\d+)_accuracy$")
+
+
+def num_labels(config: dict) -> int | None:
+    labels = config.get("id2label") or {}
+    return len(labels) or config.get("num_labels")
+
+
+def shown_metrics(config: dict, metrics: dict) -> dict:
+    """The metrics a card reports: top-k only where k < the number of labels (with k classes or fewer, every label
+    is among the k highest logits, so top-k is 100% and says nothing). Older runs recorded it regardless."""
+    count = num_labels(config)
+    return {key: value for key, value in metrics.items()
+            if not ((match := TOP_K_KEY.search(key)) and count is not None and int(match.group(1)) >= count)}
+
+
 def protocol(metrics: dict, recipe: dict) -> str:
     """How the reported checkpoint was chosen and tested, from the run's own settings and split sizes."""
     sizes = metrics.get("split_sizes") or {}
@@ -380,8 +396,9 @@ def protocol(metrics: dict, recipe: dict) -> str:
     else:
         chosen = "The last checkpoint"
     test = f"the test split ({sizes['test']:,} images of {dataset})" if "test" in sizes else f"the {dataset} test split"
-    return (f"{chosen} was evaluated once on {test}, after training. Top-5 counts a hit when the label is among "
-            "the five highest logits.")
+    top_k = (" Top-5 counts a hit when the label is among the five highest logits."
+             if metrics.get("test_top5_accuracy") is not None else "")
+    return f"{chosen} was evaluated once on {test}, after training.{top_k}"
 
 
 RESULT_ROWS = (("test top-1 accuracy", "test_accuracy", pct), ("test top-5 accuracy", "test_top5_accuracy", pct),
@@ -526,6 +543,7 @@ def build_model_card(config: dict, metrics: dict, recipe: dict | None = None, mo
     converter's record (conversion.json: `source`, `base_model`, `parity`, `notes`) for converted weights.
     """
     recipe = recipe or {}
+    metrics = shown_metrics(config, metrics)
     measured = measured if measured is not None else measure_architecture(config)
     model_name = model_name or default_model_name(config)
     base_model = base_model_of(base_model, metrics.get("base_model"), recipe.get("model_name_or_path"),

@@ -20,6 +20,7 @@ from .card import (
     flops_text,
     pct,
     position_kind,
+    shown_metrics,
     variant_name,
 )
 
@@ -34,7 +35,7 @@ COLUMNS = (  # header, how to read a cell from an entry; a missing value prints 
     ("params", lambda e: count_text(e["metrics"].get("num_parameters") or e["measured"]["num_parameters"])),
     ("forward FLOPs", lambda e: flops_text(e["measured"]["forward_flops"])),
     ("test top-1", lambda e: pct(e["metrics"]["test_accuracy"])),
-    ("test top-5", lambda e: pct(e["metrics"]["test_top5_accuracy"])),
+    ("test top-5", lambda e: pct(shown_metrics(e["config"], e["metrics"])["test_top5_accuracy"])),
     ("epochs", lambda e: f"{e['metrics']['epochs']:g}"),
     ("train time", lambda e: duration(e["metrics"]["train_runtime"])),
     ("train peak memory", lambda e: f"{e['metrics']['peak_memory_mb']:,.0f} MiB"),
@@ -74,10 +75,12 @@ def protocol_lines(entries: list[dict]) -> list[str]:
     seen = {}
     for entry in entries:
         metrics = entry["metrics"]
-        key = (metrics.get("dataset", "unknown data"), metrics.get("hardware", "unknown hardware"))
-        seen.setdefault(key, []).append(entry["repo_id"])
-    return [f"- {dataset}, trained on {hardware}: {', '.join(f'`{r}`' for r in repos)}"
-            for (dataset, hardware), repos in seen.items()]
+        if metrics.get("dataset"):
+            where = f"{metrics['dataset']}, trained on {metrics.get('hardware', 'hardware not recorded')}"
+        else:
+            where = "not evaluated here (converted or fine-tuned weights without a recorded run)"
+        seen.setdefault(where, []).append(entry["repo_id"])
+    return [f"- {where}: {', '.join(f'`{r}`' for r in repos)}" for where, repos in seen.items()]
 
 
 def build_index_card(entries: list[dict], title: str = "ViX model zoo",

@@ -2,14 +2,16 @@
 
     python -m model_cards.publish --results outputs/cpu/results.json --repo_prefix user/vix- --dry_run
     python -m model_cards.publish --results outputs/cpu/results.json --repo_prefix user/vix-
-    python -m model_cards.publish --folders outputs/vix-digits/final --repo_prefix user/vix- --private
+    python -m model_cards.publish --folders outputs/vix-nystrom-digits/final --repo_prefix user/vix- --private
 
-A folder is a training run's `final/` (training/train.py) or a row of a training/results.py `results.json`
-(its `run_dir/final`). Repo names are the prefix plus the recipe (or folder) name, e.g. `user/vix-cifar10-vit`;
-a name that already starts with the prefix's name part is not prefixed twice (`vix-digits` -> `user/vix-digits`).
+A folder is a training run's `final/` (training/train.py), a row of a training/results.py `results.json` (its
+`run_dir/final`), a converted folder (conversion/: its card names the source and the parity measured) or any
+folder `save_pretrained` wrote with its image processor (its card marks accuracy and training as not recorded).
+Repo names are the prefix plus the recipe (or folder) name, e.g. `user/vix-cifar10-vit`; a name that already
+starts with the prefix's name part is not prefixed twice (`vix-digits` -> `user/vix-digits`).
 
-Every folder is checked before anything is sent: weights, processor, card, metrics, config and the modeling
-files its `auto_map` needs must be there, every JSON file must parse, recipe.yaml too, every safetensors file
+Every folder is checked before anything is sent: weights, processor, config and the modeling files its
+`auto_map` needs must be there, every JSON file must parse, recipe.yaml too, every safetensors file
 must be complete, and the model must load once with `AutoModelForImageClassification.from_pretrained`;
 otherwise the command stops (exit 2) and names the file. Each repo then gets two commits through
 `huggingface_hub` (`create_repo`, `upload_folder`, `upload_file`):
@@ -41,11 +43,11 @@ from .card import REPO_ROOT, build_model_card, pinned_revision, read_folder, wri
 
 
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
-REQUIRED = (  # (what, any of these files)
+# (what, any of these files). No card or metrics.json: the card is rebuilt for every publish, and a converted or
+# fine-tuned folder has no training run's metrics; its card says what was not measured.
+REQUIRED = (
     ("weights", WEIGHTS),
     ("processor", ("preprocessor_config.json",)),
-    ("card", ("README.md",)),
-    ("metrics", ("metrics.json",)),
     ("config", ("config.json",)),
 )
 # Written by a run but not for the Hub: a pickled TrainingArguments (recipe.yaml holds the same settings),
@@ -385,6 +387,8 @@ def dry_run(targets: list[Target], index_repo: str | None, endpoint: str) -> lis
         for name in uploaded:
             note = "  (model card, rebuilt with this repo id and a pinned revision)" if name == CARD else ""
             print(f"    {name:<32} {(target.folder / name).stat().st_size:>12,} bytes{note}")
+        if CARD not in uploaded:
+            print(f"    {CARD:<32} {'':>12}        (model card, built from the folder's files)")
         present = {path.relative_to(target.folder).parts[0] for path in target.folder.rglob("*") if path.is_file()}
         excluded = sorted(present - {name.split("/")[0] for name in uploaded})
         if excluded:

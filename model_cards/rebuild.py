@@ -1,6 +1,6 @@
 """Rebuild the model cards (README.md) of finished model folders from their own files, without retraining.
 
-    python -m model_cards.rebuild --folders outputs/vix-digits/final
+    python -m model_cards.rebuild --folders outputs/vix-nystrom-digits/final
     python -m model_cards.rebuild --results outputs/cpu/results.json
 
 For folders whose card was written by an older card builder: the card is the template filled from the

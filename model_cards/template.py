@@ -135,7 +135,8 @@ repository re-runs it.
 {% elif conversion %}
 These weights were converted (see Conversion above), not trained with ViX.
 {% else %}
-No recipe was recorded with this model.
+Not recorded: no `recipe.yaml` came with these weights, so the data, settings, hardware and time of their \
+training are not stated here.
 {% endif %}
 
 ## Results
@@ -151,7 +152,9 @@ No recipe was recorded with this model.
 
 Every number above comes from `metrics.json`, written by the training run that produced these weights.
 {% else %}
-No evaluation was recorded for these weights, so this card states no accuracy.
+Not measured: no evaluation was recorded with these weights (no `metrics.json`), so this card states no accuracy.\
+{% if conversion %} The parity above compares logits with the source model; it is not an accuracy.{% endif %}
+
 {% endif %}
 
 ## Limitations

@@ -262,11 +262,11 @@ def test_config_overrides_read_like_update_from_string():
 
 
 def test_readme_conversion_commands_parse():
-    """Every `python -m conversion.*` command of the README parses with that converter's own parser."""
+    """Every `python -m conversion.*` command of docs/conversion.md parses with that converter's own parser."""
     import importlib
     import shlex
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "conversion.md").read_text()
     commands = re.findall(r"^python -m (conversion\.\w+) (.*)$", readme, flags=re.M)
     assert len(commands) >= 3
     for module_name, rest in commands:

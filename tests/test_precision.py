@@ -48,11 +48,33 @@ def test_auto_is_bf16_on_a_cpu_with_native_bf16(flags, flag):
     assert precision.record["cpu_native_bf16"] is True and set(precision.record) == RECORD_KEYS
 
 
-def test_auto_without_cpu_flags_or_without_use_cpu_is_fp32():
+def test_auto_without_cpu_flags_or_without_use_cpu_beside_an_accelerator_is_fp32():
     assert resolve_precision("auto", "cpu", read_flags=cpu(frozenset())).name == "fp32"  # not Linux: unknown CPU
-    # transformers refuses bf16 on a CPU unless --use_cpu is set, so auto does not choose it there
-    unset = resolve_precision("auto", "cpu", use_cpu=False, read_flags=cpu(AVX512_BF16_EPYC))
-    assert unset.name == "fp32" and "--use_cpu true" in unset.reason
+    # with an accelerator present, training on the CPU in bf16 needs --use_cpu true (transformers refuses it else)
+    unset = resolve_precision("auto", "cpu", use_cpu=False, cpu_only=lambda: False, read_flags=cpu(AVX512_BF16_EPYC))
+    assert unset.name == "fp32" and "--use_cpu true" in unset.reason and not unset.use_cpu
+
+
+@pytest.mark.parametrize("requested", ["auto", "bf16"])
+def test_bf16_on_a_cpu_only_machine_needs_no_use_cpu_flag(requested):
+    """Without an accelerator, bf16 comes with use_cpu set (what TrainingArguments need), and the reason says so."""
+    precision = resolve_precision(requested, "cpu", use_cpu=False, cpu_only=lambda: True, read_flags=cpu(AMX_XEON))
+    assert precision.name == "bf16" and precision.use_cpu and "use_cpu set" in precision.reason
+    fp32 = resolve_precision("auto", "cpu", use_cpu=False, cpu_only=lambda: True, read_flags=cpu(AVX2_EPYC))
+    assert fp32.name == "fp32" and not fp32.use_cpu  # nothing to set where bf16 is not chosen
+
+
+def test_the_quick_start_trains_bf16_on_a_cpu_only_machine_with_native_bf16(monkeypatch):
+    """No --use_cpu: TrainingArguments are built with bf16 (they refuse it without use_cpu), and recipe.yaml keeps
+    `auto` and no use_cpu, so the run chooses again elsewhere."""
+    monkeypatch.setattr(train, "resolve_precision", functools.partial(
+        resolve_precision, read_flags=cpu(AMX_XEON), cpu_only=lambda: True))
+    monkeypatch.setattr(train, "training_device", lambda use_cpu: "cpu")
+    settings = train.parse_args([])
+    assert settings.training.bf16 is True and settings.training.use_cpu is True
+    assert settings.precision.record["precision"] == "bf16"
+    saved = train.recipe_dict(settings)
+    assert saved["precision"] == "auto" and "use_cpu" not in saved and "bf16" not in saved
 
 
 def test_auto_on_a_gpu_is_bf16_where_native_else_fp16():

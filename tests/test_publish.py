@@ -237,7 +237,7 @@ def test_incomplete_folders_and_a_missing_token_are_refused_before_anything_is_s
         assert hub.requests == []
     err = capsys.readouterr().err
     assert "no Hub token: set HF_TOKEN or run `hf auth login`" in err
-    assert f"{broken}: missing weights (model.safetensors or model.safetensors.index.json), metrics (metrics.json), " \
+    assert f"{broken}: missing weights (model.safetensors or model.safetensors.index.json), " \
            "modeling code (mixers_vix.py, needed for trust_remote_code)" in err
     assert f"{tmp_path / 'absent'}: missing the folder itself" in err and "nothing was uploaded" in err
     assert f"would both go to {PREFIX}tiny-vit" in err
@@ -317,15 +317,16 @@ def test_publishing_one_folder_keeps_the_other_variants_in_the_index(zoo, tmp_pa
 
 
 def test_repo_names_are_what_the_readme_says():
-    """The README's one-folder example publishes to the repo its comment names (the prefix is not doubled)."""
+    """docs/publishing.md's one-folder example publishes to the repo its comment names (the prefix is not doubled)."""
     import shlex
 
     assert publish.repo_id_for("user/vix-", "vix-digits") == "user/vix-digits"
+    assert publish.repo_id_for("user/vix-", "vix-nystrom-digits") == "user/vix-nystrom-digits"
     assert publish.repo_id_for("user/vix-", "cifar10_hybrid_vin_rope") == "user/vix-cifar10-hybrid-vin-rope"
     assert publish.repo_id_for("user/", "vix-digits") == "user/vix-digits"
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "publishing.md").read_text()
     examples = re.findall(r"^python -m model_cards\.publish (--folders .*?)\s+# one folder: (\S+)$", readme, flags=re.M)
-    assert examples, "the README shows publishing one folder and the repo it goes to"
+    assert examples, "docs/publishing.md shows publishing one folder and the repo it goes to"
     for flags, stated in examples:
         args = publish.parse_arguments(publish.make_parser(), shlex.split(flags.replace("<user>", "user")))
         assert [target.repo_id for target in publish.collect_targets(args)] == [stated.replace("<user>", "user")]
@@ -382,3 +383,61 @@ def test_weights_that_do_not_fit_the_config_are_refused(zoo, tmp_path, capsys):
     err = capsys.readouterr().err
     assert re.search(rf"{re.escape(str(folder))}: the weights do not fit config.json \(mismatched_keys: .*classifier",
                      err), err
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Converted and fine-tuned folders: no metrics.json, a card that says what is known and what was not measured
+# ---------------------------------------------------------------------------------------------------------
+
+def test_converted_and_fine_tuned_folders_publish_with_what_is_known(tmp_path):
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from conversion.from_transformers import convert_transformers
+    from modeling_vix import VixConfig, VixForImageClassification, VixImageProcessor
+
+    source = tmp_path / "vit"  # a 3-class transformers ViT: top-5 would be every class
+    vit = ViTConfig(image_size=16, patch_size=4, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                    intermediate_size=32, num_labels=3)
+    ViTForImageClassification(vit).save_pretrained(source)
+    converted = tmp_path / "vix-vin-converted"
+    images = [Image.new("RGB", (16, 16), (40 * i, 0, 0)) for i in range(2)]
+    convert_transformers(str(source), converted, attention_type="nystrom",
+                         config_overrides={"nystrom_num_landmarks": 4}, images=images)
+    fine_tuned = tmp_path / "vix-fine-tuned"  # what Trainer.save_model writes: weights, config, code, processor
+    config = VixConfig(image_size=16, patch_size=4, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=32, num_labels=12)
+    VixForImageClassification(config).save_pretrained(fine_tuned)
+    VixImageProcessor(size={"height": 16, "width": 16}).save_pretrained(fine_tuned)
+    assert not (converted / "metrics.json").exists() and not (fine_tuned / "README.md").exists()
+
+    with FakeHub() as hub:
+        assert run_publish(hub, "--folders", converted, fine_tuned, "--repo_prefix", PREFIX) == 0
+        cards = {name: hub.files(f"{PREFIX}{name}")["README.md"].decode()
+                 for name in ("vin-converted", "fine-tuned")}
+        index = hub.files(INDEX)["README.md"].decode()
+    conversion = json.loads((converted / "conversion.json").read_text())
+    parity = conversion["parity"][0]["max_abs_logit_diff"]
+    assert "Converted from **" in cards["vin-converted"] and f"{parity:.2e}" in cards["vin-converted"]
+    assert "it is not an accuracy" in cards["vin-converted"]
+    for card in cards.values():
+        assert "Not measured: no evaluation was recorded" in card and "model-index" not in card
+        assert "top-5" not in card.lower()
+    assert "Not recorded: no `recipe.yaml`" in cards["fine-tuned"]
+    assert "not evaluated here" in index
+
+
+def test_top_5_is_reported_only_with_more_than_5_labels():
+    from model_cards.card import build_model_card, shown_metrics
+
+    metrics = {"test_accuracy": 0.9, "test_top5_accuracy": 1.0, "dataset": "pets", "split_sizes": {"test": 10}}
+    two = {"attention_type": "softmax", "id2label": {"0": "cat", "1": "dog"}}
+    assert shown_metrics(two, metrics) == {k: v for k, v in metrics.items() if k != "test_top5_accuracy"}
+    config = {**two, "id2label": {str(i): str(i) for i in range(6)}}
+    assert shown_metrics(config, metrics) == metrics
+    from modeling_vix import VixConfig
+
+    tiny = VixConfig(image_size=16, patch_size=4, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=32, attention_type="softmax").to_dict()
+    card = build_model_card({**tiny, **two}, metrics, {})
+    assert "top-5" not in card.text.lower() and "top_5" not in str(card.data)
+    assert "Top-5 accuracy" in str(build_model_card({**tiny, **config}, metrics, {}).data.to_dict())

@@ -20,3 +20,34 @@ def test_readme_python_snippets_run(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "'label': 'LABEL_" in result.stdout  # the pipeline printed its predictions
+
+
+DOCS = README.parent / "docs"
+OWN_PAGES = ("training", "backbones", "conversion", "benchmarks", "publishing", "design")
+WRITTEN_ELSEWHERE = {"docs/deploy.md", "docs/fine_tuning.md"}  # pages of the deploy and fine-tuning work
+
+
+def test_the_readme_is_short_and_the_docs_pages_say_what_they_are_for():
+    assert len(README.read_text().split()) < 1500
+    for name in OWN_PAGES:
+        text = (DOCS / f"{name}.md").read_text()
+        first_paragraph = text.split("\n\n")[1]
+        assert first_paragraph.startswith("This page is for"), name
+
+
+def test_docs_hold_no_issue_numbers_or_run_anecdotes_and_their_links_resolve():
+    pages = [README, *sorted(DOCS.glob("*.md"))]
+    for page in pages:
+        text = page.read_text()
+        assert not re.search(r"\bissues? \d+|\bissue's\b|stray|mistaken tabulation|nice 19", text), page.name
+        for target in re.findall(r"\]\(([^)\s#:]+?)(?:#[^)]*)?\)", text):  # relative links, anchors dropped
+            path = (page.parent / target).resolve()
+            if str(path.relative_to(README.parent)) in WRITTEN_ELSEWHERE and not path.exists():
+                continue
+            assert path.exists(), f"{page.name} links to {target}"
+
+
+def test_the_readme_names_both_titles_of_the_paper():
+    text = README.read_text()
+    assert "Vision Xformers: Efficient Attention for Image Classification" in text
+    assert "Resource-efficient Hybrid X-formers for Vision" in text and "two names" in text

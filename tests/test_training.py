@@ -27,7 +27,7 @@ TINY = ["--hidden_size", "16", "--num_hidden_layers", "1", "--num_attention_head
         "--disable_tqdm", "true", "--logging_steps", "1"]
 
 
-def test_main_job_on_digits_end_to_end_beats_chance(tmp_path, capsys):
+def test_main_job_on_digits_end_to_end_beats_chance(tmp_path, capsys, monkeypatch):
     """The README's main command, shrunk: a tiny hybrid ViN on real digits, selected on validation, tested once."""
     out = tmp_path / "run"
     metrics = main(["--output_dir", str(out), "--hidden_size", "32", "--num_hidden_layers", "2", "--image_size", "16",
@@ -54,16 +54,19 @@ def test_main_job_on_digits_end_to_end_beats_chance(tmp_path, capsys):
     assert f"{100 * saved['test_accuracy']:.2f}%" in card.text
     printed = capsys.readouterr().out
     assert str(final.resolve()) in printed and "README.md" in printed
-    # the README's Training section names every file of final/ (the modeling files as a group)
-    training_section = (ROOT / "README.md").read_text().split("## Training", 1)[1].split("\n## ", 1)[0]
+    # docs/training.md's "What a run writes" names every file of final/ (the modeling files as a group)
+    training_section = (ROOT / "docs" / "training.md").read_text().split("## What a run writes", 1)[1].split("\n## ")[0]
     for path in final.iterdir():
         if not path.name.endswith("_vix.py"):
             assert f"`{path.name}`" in training_section, path.name
 
     from transformers import pipeline
 
+    prompts = []  # transformers asks "Do you wish to run the custom code? [y/N]" through input()
+    monkeypatch.setattr("builtins.input", lambda prompt="": prompts.append(prompt) or "n")
     classify = pipeline("image-classification", model=str(final))
     assert classify(Image.new("L", (8, 8)))[0]["label"] in [str(d) for d in range(10)]
+    assert prompts == []  # the package is imported: nothing may ask about remote code
 
 
 class Interrupt(TrainerCallback):

@@ -10,8 +10,11 @@ Splits: a `validation` (or `valid`/`val`) split is used as is; without one, a se
 `--validation_split_size` fraction is carved from train. The same for `test` (`--test_split_size`).
 Checkpoints are selected on validation; test is evaluated once, at the end.
 
-Unreadable images are found before training by decoding every image once (`--check_images`): the job
-stops with an error naming the split, row and file, or, with `--skip_unreadable_images`, drops and counts them.
+Unreadable images are found before training by decoding every image once (`--check_images`, for sets of up
+to `PRECHECK_LIMIT` images): the job stops with an error naming the split, row and file, or, with
+`--skip_unreadable_images`, drops and counts them. Larger sets, `--check_images false` and `--streaming true`
+find them as they are read (training/lazy_images.py): the job stops naming the file, or skips and counts them.
+`--streaming true` reads the data as a `datasets` IterableDataset instead (training/streaming.py).
 Images that ViX cannot scale to 8 bits (mode `I` beyond 16 bits, mode `F` outside [0, 1]; see
 `modeling_vix.image_processing_vix.to_8bit`) count as unreadable. Labels outside [0, number of labels), other
 than -100 (ignored), stop the job with an error naming the split.
@@ -64,7 +67,9 @@ class DataArguments:
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "Keep a seeded random subset of validation and of test."}
     )
-    check_images: bool = field(default=True, metadata={"help": "Decode every image once before training."})
+    check_images: bool = field(default=True, metadata={
+        "help": "Decode every image once before training, for sets of up to 100,000 images; larger sets (and false) "
+                "find unreadable images as they are read."})
     preload_images: bool = field(default=False, metadata={
         "help": "Decode every image once into memory (uint8, at the model's input size) instead of once per epoch: "
                 "much faster epochs for small images such as CIFAR (150 MB for CIFAR-10)."})
@@ -77,9 +82,16 @@ class DataArguments:
     randaugment_magnitude: float = 9.0
     random_erasing: float = field(default=0.25, metadata={"help": "Random-erasing probability (randaugment policy)."})
     cache_dir: str | None = None
+    streaming: bool = field(default=False, metadata={
+        "help": "Read the data as a datasets IterableDataset (a Hub id or local files), decoding images as they are "
+                "read: for data larger than memory or disk cache. Needs a ClassLabel label column; shuffles with a "
+                "buffer of --shuffle_buffer_size; --dataloader_num_workers N reads N shards in parallel."})
+    shuffle_buffer_size: int = field(default=10_000, metadata={
+        "help": "--streaming: examples held in the shuffle buffer (more: better mixed, more memory)."})
 
 
 IGNORED_LABEL = -100  # the loss skips these samples (PyTorch's ignore_index)
+PRECHECK_LIMIT = 100_000  # images decoded before training at most; larger sets are checked as they are read
 
 
 class UnreadableImageError(UsageError):
@@ -113,17 +125,30 @@ def load_raw(args: DataArguments):
     return loaded
 
 
+class ColumnError(UsageError):
+    pass
+
+
+# datasets' imagefolder makes labels from the sub-folder names only when there are two or more of them
+ONE_FOLDER = ("The dataset has images but no labels: an image folder gets its labels from its sub-folders, one per "
+              "class, and a single sub-folder gives none (a classifier needs at least two classes). ")
+
+
 def detect_columns(dataset, image_column=None, label_column=None):
     """(image column, label column): the ones given, else the first known name present, else by feature type."""
     from datasets import ClassLabel, Image
 
-    names = dataset.column_names
+    names = list(dataset.column_names or dataset.features)
     features = dataset.features
+
+    def hint(kind):  # images and nothing else: an image folder with one class folder, the usual cause
+        image_only = kind == "label" and len(names) == 1 and isinstance(features[names[0]], Image)
+        return ONE_FOLDER if image_only else ""
 
     def pick(given, candidates, feature_type, kind, flag):
         if given is not None:
             if given not in names:
-                raise ValueError(f"--{flag} {given!r} is not a column of the dataset; columns: {names}.")
+                raise ColumnError(f"{hint(kind)}--{flag} {given!r} is not a column of the dataset; columns: {names}.")
             return given
         for name in candidates:
             if name in names:
@@ -131,8 +156,8 @@ def detect_columns(dataset, image_column=None, label_column=None):
         typed = [name for name in names if isinstance(features[name], feature_type)]
         if len(typed) == 1:
             return typed[0]
-        raise ValueError(
-            f"Could not detect the {kind} column among {names} (known names: {', '.join(candidates)}); "
+        raise ColumnError(
+            f"{hint(kind)}Could not detect the {kind} column among {names} (known names: {', '.join(candidates)}); "
             f"pass --{flag}."
         )
 
@@ -211,6 +236,14 @@ def check_images(splits, image_column, skip: bool):
     return skipped
 
 
+def check_label_count(labels: list, label_column: str, dataset_name: str) -> None:
+    """A classifier needs two classes or more: one class would train a model that always answers it."""
+    if len(labels) < 2:
+        found = f"one class ({labels[0]!r})" if labels else "no classes"
+        raise LabelError(f"Dataset {dataset_name!r} has {found} in column {label_column!r}: a classifier needs at "
+                         "least two. Add the other classes (an image folder: one sub-folder per class).")
+
+
 def check_labels(splits, label_column, num_labels: int) -> None:
     """Raise LabelError naming the split when a label is outside [0, num_labels) and is not -100 (ignored).
 
@@ -244,12 +277,14 @@ def load_splits(args: DataArguments, seed: int):
 
     raw = load_raw(args)
     if "train" not in raw:
-        raise ValueError(f"Dataset {args.dataset_name!r} has no 'train' split; splits: {list(raw)}.")
+        raise UsageError(f"Dataset {args.dataset_name!r} has no 'train' split; splits: {list(raw)}.")
     image_column, label_column = detect_columns(raw["train"], args.image_column, args.label_column)
     splits = DatasetDict({name: split.select_columns([image_column, label_column]) for name, split in raw.items()})
     splits, labels = encode_labels(splits, label_column)
+    check_label_count(labels, label_column, args.dataset_name)
     check_labels(splits, label_column, len(labels))
-    skipped = check_images(splits, image_column, args.skip_unreadable_images) if args.check_images else {}
+    precheck = args.check_images and sum(len(split) for split in splits.values()) <= PRECHECK_LIMIT
+    skipped = check_images(splits, image_column, args.skip_unreadable_images) if precheck else {}
 
     train = splits["train"]
     train = train.add_column(ROW_COLUMN, np.arange(len(train), dtype=np.int64))
@@ -273,7 +308,7 @@ def load_splits(args: DataArguments, seed: int):
     )
     info = {
         "image_column": image_column, "label_column": label_column, "labels": labels,
-        "skipped_images": skipped, "carved_splits": carved,
+        "skipped_images": skipped, "carved_splits": carved, "images_checked": precheck,
         "split_sizes": {name: len(split) for name, split in result.items()},
     }
     return result, info

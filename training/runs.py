@@ -1,12 +1,15 @@
 """What a run may write, where it resumes from, and what it measures across resumes.
 
 - `check_launch`: `accelerate launch` asked for several processes but started one (it does so silently).
+- `default_output_dir`: without `--output_dir`, a folder named after the model and the data
+  (`outputs/vix-nystrom-digits`), numbered (`-2`, `-3`, ...) when an earlier run holds it, so runs never collide.
 - `prepare_output_dir`: never write into or over the model being loaded, never delete another run's
   checkpoints, and resolve `--resume_from_checkpoint last` to the last *complete* checkpoint.
 - `RunTotals`: training time and mean training loss of the whole run, kept in every checkpoint's
   trainer_state.json, so a resumed run reports the whole run rather than its tail.
 """
 
+import itertools
 import json
 import logging
 import math
@@ -119,12 +122,47 @@ def earlier_run(output_dir) -> list[Path]:
     return checkpoints(output_dir) + ([final] if final.exists() else [])
 
 
+def run_name(model: str, data: str) -> str:
+    """`<model>-<data>` from a model ("vix-nystrom", a checkpoint folder or Hub id) and a dataset name or path."""
+
+    def last_part(name: str) -> str:
+        path = Path(os.path.normpath(name))
+        return (path.parent.name if path.name == "final" and path.parent.name else path.name) or name
+
+    data = "digits" if data == "sklearn:digits" else last_part(data)
+    return re.sub(r"[^\w.-]+", "-", f"{last_part(model)}-{data}").strip("-").lower()
+
+
+def default_output_dir(name: str, reuse_last: bool, root="outputs") -> Path:
+    """`<root>/<name>`, or `<name>-2`, `-3`, ... when an earlier run holds it. `reuse_last` (resuming, or
+    --overwrite_output_dir): the last of those folders that holds a run, so the same command finds it again."""
+    base = Path(root) / name
+    last_used = None
+    for candidate in itertools.chain([base], (base.with_name(f"{name}-{n}") for n in itertools.count(2))):
+        if not earlier_run(candidate):
+            return (last_used or candidate) if reuse_last else candidate
+        last_used = candidate
+    raise AssertionError("unreachable: itertools.count never ends")
+
+
+def check_writable_folder(output_dir) -> None:
+    """Refuse an --output_dir that is, or lies inside, an existing file (the Trainer would fail mid-way)."""
+    path = Path(output_dir)
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                what = "is a file" if folder == path else f"lies inside {folder}, a file"
+                raise UsageError(f"--output_dir {output_dir} {what}, not a folder: pass a folder to write the run to.")
+            return
+
+
 def prepare_output_dir(output_dir, model_name_or_path, resume, overwrite: bool, is_main_process: bool) -> str | None:
     """Check (before anything is written) that this run may write to output_dir; returns the checkpoint to resume.
 
     The Trainer would otherwise write into any folder: save the new model over the one it loaded (fine-tuning
     from `<output_dir>/final`), and rotate away the checkpoints of an earlier run (`save_total_limit`).
     """
+    check_writable_folder(output_dir)
     source = Path(model_name_or_path) if model_name_or_path else None
     if source is not None and source.is_dir() and overlaps(Path(output_dir), source):
         raise UsageError(

@@ -4,7 +4,7 @@
     python -m training.train training/recipes/cpu/cifar10_hybrid_vin_rope.yaml   # a recipe (YAML or JSON)
     python -m training.train training/recipes/modern_cifar10.yaml --num_train_epochs 10   # recipe + overrides
     python -m training.train --dataset_name uoft-cs/cifar10 --attention_type performer --precision bf16
-    python -m training.train --model_name_or_path outputs/vix-digits/final --dataset_name path/to/images \
+    python -m training.train --model_name_or_path outputs/vix-nystrom-digits/final --dataset_name path/to/images \
         --ignore_mismatched_sizes true --output_dir outputs/vix-images   # fine-tune on a new label set
     torchrun --nproc_per_node 2 -m training.train ...          # DDP (gloo on CPU, nccl on GPU)
     accelerate launch --multi_gpu --num_processes 2 -m training.train ... --use_cpu true   # the same via accelerate
@@ -39,12 +39,12 @@ from typing import NamedTuple
 
 import evaluate
 import torch
+from datasets import Image
 from huggingface_hub.errors import StrictDataclassError
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
     AutoModelForImageClassification,
-    DefaultDataCollator,
     HfArgumentParser,
     Trainer,
     TrainerCallback,
@@ -54,11 +54,12 @@ from transformers import (
 from transformers.integrations import is_tensorboard_available
 
 from modeling_vix import VixImageProcessor
-from modeling_vix.image_processing_vix import to_8bit
 
 from .augment import Augmenter
-from .data import ROW_COLUMN, DataArguments, dataset_display_name, load_splits
+from .checks import check_training_settings
+from .data import DataArguments, dataset_display_name, load_splits
 from .errors import UsageError
+from .lazy_images import ReadableImagesCollator, SkippedReads, make_transform
 from .model_flags import (
     BACKBONE_CONFIGS,
     ModelArguments,
@@ -72,7 +73,8 @@ from .model_flags import (
 from .precision import PRECISIONS, Precision, resolve_precision
 from .preload import PreloadedImages
 from .recipe_files import RECIPE_SUFFIXES, find_recipe, resolve_recipe, write_recipe
-from .runs import RunTotals, check_launch, prepare_output_dir
+from .runs import RunTotals, check_launch, default_output_dir, prepare_output_dir, run_name
+from .streaming import streaming_max_steps, streaming_splits, with_transforms
 
 
 logger = logging.getLogger(__name__)
@@ -124,7 +126,7 @@ class JobArguments:
 
 # TrainingArguments defaults of this job that differ from transformers' own (a recipe or a flag overrides them).
 TRAINING_DEFAULTS = {
-    "output_dir": "outputs/vix-digits",
+    "output_dir": None,  # not given: outputs/<model>-<data>, numbered if taken (runs.default_output_dir)
     "num_train_epochs": 8,
     "learning_rate": 2e-3,
     "weight_decay": 0.05,
@@ -160,10 +162,35 @@ class Settings(NamedTuple):
     precision: Precision  # what --precision resolved to, why, and the metrics.json record
 
 
+SHORT_USAGE = "usage: python -m training.train [RECIPE.yaml] [--flag value ...]   (--help lists every flag)"
+
+
+class JobParser(HfArgumentParser):
+    """argparse's errors as one `error:` line (exit 2) instead of the ~200-line usage of every flag: a bad value
+    (`--attention_type nystorm`: invalid choice) alone, a syntax error (unknown flag, missing value) after a
+    one-line usage."""
+
+    def error(self, message):
+        syntax = not message.startswith("argument ") or "expected" in message
+        self.exit(2, (SHORT_USAGE + "\n" if syntax else "") + f"error: {message}\n")
+
+
 def make_parser() -> HfArgumentParser:
-    parser = HfArgumentParser((JobArguments, ModelArguments, DataArguments, TrainingArguments))
+    parser = JobParser((JobArguments, ModelArguments, DataArguments, TrainingArguments),
+                       prog="python -m training.train")
     parser.set_defaults(**TRAINING_DEFAULTS)
     return parser
+
+
+def derived_output_dir(namespace: dict, model_settings: dict) -> str:
+    """The run folder when --output_dir is not given: named after the model and the data, numbered if taken."""
+    model = namespace["model_name_or_path"] or (
+        f"{namespace['model_type']}-{model_settings.get('attention_type') or 'softmax'}")
+    data = namespace["data_dir"] if namespace["dataset_name"] == "imagefolder" and namespace["data_dir"] else \
+        namespace["dataset_name"]
+    resume = namespace["resume_from_checkpoint"]
+    reuse_last = namespace["overwrite_output_dir"] or (resume is not None and str(resume).lower() != "false")
+    return str(default_output_dir(run_name(model, data), reuse_last))
 
 
 def read_recipe(path) -> dict:
@@ -205,7 +232,9 @@ def parse_args(argv=None) -> Settings:
     precision = resolve_precision(namespace["precision"], training_device(namespace["use_cpu"]),
                                   bf16=namespace["bf16"], fp16=namespace["fp16"], use_cpu=namespace["use_cpu"])
     namespace["bf16"], namespace["fp16"] = precision.name == "bf16", precision.name == "fp16"
-    job, model, data, training = (build_arguments(dtype, namespace) for dtype in parser.dataclass_types)
+    if precision.use_cpu:  # bf16 on a CPU-only machine: TrainingArguments refuse it without use_cpu (not recorded)
+        namespace["use_cpu"] = True
+    job, model, data = (build_arguments(dtype, namespace) for dtype in parser.dataclass_types[:3])
     if job.model_name_or_path:
         if ignored := sorted(given_settings(model)):
             logger.warning("Fine-tuning %s: its architecture is used, so these model settings are ignored: %s "
@@ -213,6 +242,10 @@ def parse_args(argv=None) -> Settings:
         model_settings = {}
     else:
         model_settings = resolve_model_settings(job.model_type, model)
+    if namespace["output_dir"] is None:
+        namespace["output_dir"] = derived_output_dir(namespace, model_settings)
+    training = build_arguments(TrainingArguments, namespace)
+    check_training_settings(training, data)
     return Settings(job, model, data, training, model_settings, changed, precision)
 
 
@@ -242,16 +275,35 @@ def load_metric():
     return evaluate.load(str(METRIC_MODULE), keep_in_memory=True)  # in memory: no cache files shared by DDP ranks
 
 
-def make_compute_metrics(metric):
-    """Trainer `compute_metrics`: top-1 and top-5 accuracy through the evaluate module."""
+TOP_K = 5
+
+
+def make_compute_metrics(metric, k: int = TOP_K):
+    """Trainer `compute_metrics`: top-1 accuracy, and top-k through the evaluate module where it means something:
+    with k classes or fewer every label is among the k highest logits, so top-k is left out."""
 
     def compute_metrics(eval_prediction):
         logits, labels = eval_prediction.predictions, eval_prediction.label_ids
         if isinstance(logits, tuple):
             logits = logits[0]
-        return metric.compute(predictions=logits, references=labels, k=5)
+        result = metric.compute(predictions=logits, references=labels, k=k)
+        return result if logits.shape[-1] > k else {"accuracy": result["accuracy"]}
 
     return compute_metrics
+
+
+class EvaluatedCount:
+    """How many samples the last evaluation scored (a stream's split size is known once it has been read)."""
+
+    def __init__(self):
+        self.count = None
+
+    def wrap(self, compute_metrics):
+        def counted(eval_prediction):
+            self.count = len(eval_prediction.label_ids)
+            return compute_metrics(eval_prediction)
+
+        return counted
 
 
 class EpochCallback(TrainerCallback):
@@ -262,29 +314,6 @@ class EpochCallback(TrainerCallback):
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self.augmenter.epoch = math.floor((state.epoch or 0) + 1e-6)
-
-
-def make_transform(processor, image_column, label_column, augmenter=None):
-    """datasets `set_transform` function: images -> normalized `pixel_values` (+ seeded augmentation), labels.
-
-    16-bit and float images are scaled to 8 bits here too (`to_8bit`), not only in VixImageProcessor, so that a
-    checkpoint's own processor (fine-tuning) gets them right as well.
-    """
-    mean = torch.tensor(processor.image_mean, dtype=torch.float32).view(-1, 1, 1)
-    std = torch.tensor(processor.image_std, dtype=torch.float32).view(-1, 1, 1)
-
-    def transform(batch):
-        images = [to_8bit(image) for image in batch[image_column]]
-        if augmenter is not None and augmenter.active:
-            pixels = processor(images, do_normalize=False, return_tensors="pt")["pixel_values"]
-            pixels = augmenter(pixels.float(), batch[ROW_COLUMN])
-            if processor.do_normalize:
-                pixels = (pixels - mean) / std
-        else:
-            pixels = processor(images, return_tensors="pt")["pixel_values"]
-        return {"pixel_values": pixels, "labels": batch[label_column]}
-
-    return transform
 
 
 def attention_backend(name: str):
@@ -403,6 +432,7 @@ def run(argv=None, callbacks=None):
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     logger.info("precision %s (%s)", settings.precision.name, settings.precision.reason)
+    logger.info("output folder %s", training_args.output_dir)
     with training_args.main_process_first(desc="output folder check"):
         resume = prepare_output_dir(training_args.output_dir, job.model_name_or_path,
                                     training_args.resume_from_checkpoint, job.overwrite_output_dir,
@@ -410,7 +440,11 @@ def run(argv=None, callbacks=None):
     set_seed(training_args.seed)
 
     with training_args.main_process_first(desc="dataset loading"):
-        splits, data_info = load_splits(data_args, training_args.seed)
+        if data_args.streaming:
+            splits, data_info = streaming_splits(data_args, training_args.seed)
+            training_args.max_steps = streaming_max_steps(training_args, data_info["split_sizes"].get("train"))
+        else:
+            splits, data_info = load_splits(data_args, training_args.seed)
         metric = load_metric()
     labels = data_info["labels"]
     model, processor = build_model(settings, labels)
@@ -423,18 +457,25 @@ def run(argv=None, callbacks=None):
         random_erasing=data_args.random_erasing,
     )
     image_column, label_column = data_info["image_column"], data_info["label_column"]
-    if data_args.preload_images:  # decoded once, here, not in every epoch (training/preload.py)
+    skipped = SkippedReads(splits) if data_args.skip_unreadable_images else None  # images found unreadable as read
+    if data_args.streaming:
+        splits = with_transforms(splits, processor, image_column, label_column, augmenter, skipped,
+                                 training_args.per_device_train_batch_size)
+    elif data_args.preload_images:  # decoded once, here, not in every epoch (training/preload.py)
         splits = {name: PreloadedImages(split, processor, image_column, label_column,
                                         augmenter if name == "train" else None) for name, split in splits.items()}
-    else:
-        splits["train"].set_transform(make_transform(processor, image_column, label_column, augmenter))
-        for name in ("validation", "test"):
-            splits[name].set_transform(make_transform(processor, image_column, label_column))
+    else:  # decoded as read, undecoded in the dataset so that an unreadable file is named (training/lazy_images.py)
+        for name in list(splits):
+            splits[name] = splits[name].cast_column(image_column, Image(decode=False))
+            splits[name].set_transform(make_transform(processor, image_column, label_column,
+                                                      augmenter if name == "train" else None, name, skipped))
 
     totals = RunTotals()
+    evaluated = EvaluatedCount()
     trainer = Trainer(
         model=model, args=training_args, train_dataset=splits["train"], eval_dataset=splits["validation"],
-        data_collator=DefaultDataCollator(), processing_class=processor, compute_metrics=make_compute_metrics(metric),
+        data_collator=ReadableImagesCollator(), processing_class=processor,
+        compute_metrics=evaluated.wrap(make_compute_metrics(metric)),
         callbacks=[EpochCallback(augmenter), totals, *(callbacks or [])],
     )
     with attention_backend(job.sdpa_backend):
@@ -444,6 +485,8 @@ def run(argv=None, callbacks=None):
     trainer.save_model(str(final_dir))  # on every rank: Trainer writes from the main process only
     with attention_backend(job.sdpa_backend):
         metrics = trainer.evaluate(splits["test"], metric_key_prefix="test")  # once, with the best validation model
+    if data_args.streaming:  # a stream's sizes: the test split as evaluated (the metadata may not have it)
+        data_info["split_sizes"]["test"] = evaluated.count
 
     metrics.update({
         "best_validation_accuracy": trainer.state.best_metric,
@@ -464,6 +507,8 @@ def run(argv=None, callbacks=None):
         "dataset": dataset_display_name(data_args),
         "split_sizes": data_info["split_sizes"],
         "skipped_images": data_info["skipped_images"],
+        **({"skipped_image_reads": skipped.totals()} if skipped is not None and skipped.totals() else {}),
+        "streaming": data_args.streaming,
     })
     if trainer.is_world_process_zero():
         if __package__.startswith("vix."):  # installed: vix.training, whose sibling is vix.model_cards
@@ -476,8 +521,10 @@ def run(argv=None, callbacks=None):
         write_recipe(final_dir / "recipe.yaml", recipe)
         (final_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
         card_path = write_model_card(final_dir, metrics, recipe)
+        top_k_key = f"test_top{TOP_K}_accuracy"
+        top_k = f" (top-{TOP_K} {metrics[top_k_key]:.4f})" if top_k_key in metrics else ""
         print(
-            f"test accuracy {metrics['test_accuracy']:.4f} (top-5 {metrics['test_top5_accuracy']:.4f}) on "
+            f"test accuracy {metrics['test_accuracy']:.4f}{top_k} on "
             f"{metrics['split_sizes']['test']} {metrics['dataset']} test images, "
             f"{metrics['num_parameters']:,} parameters, {metrics['train_runtime']:.0f} s training\n"
             f"model folder: {final_dir.resolve()}\nmodel card: {card_path.resolve()}"
