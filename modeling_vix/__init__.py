@@ -13,6 +13,7 @@ from transformers import (
     AutoModel,
     AutoModelForImageClassification,
 )
+from transformers.models.auto.video_processing_auto import VIDEO_PROCESSOR_MAPPING
 
 from .configuration_vix import MIXER_CAPABILITIES, VixConfig, VixMixerConfig
 from .configuration_vix_cct import VixCctConfig
@@ -42,6 +43,9 @@ for config_class, base_model_class, classification_class in BACKBONES.values():
     AutoModel.register(config_class, base_model_class, exist_ok=True)
     AutoModelForImageClassification.register(config_class, classification_class, exist_ok=True)
     AutoImageProcessor.register(config_class, image_processor_classes={"pil": VixImageProcessor}, exist_ok=True)
+    # No video processor: said here, so that pipeline()'s AutoVideoProcessor probe, which derives
+    # "VixVideoProcessor" from the image processor's auto_map, finds local code and asks no remote-code question.
+    VIDEO_PROCESSOR_MAPPING.register(config_class, {}, exist_ok=True)
     config_class.register_for_auto_class()
     base_model_class.register_for_auto_class("AutoModel")
     classification_class.register_for_auto_class("AutoModelForImageClassification")
