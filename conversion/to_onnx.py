@@ -90,7 +90,8 @@ def load_vix_folder(spec: str):
     try:
         config = AutoConfig.from_pretrained(spec)
     except (OSError, ValueError, KeyError) as error:
-        raise ConversionError(f"--model {spec}: not a ViX model folder or Hub id ({first_line(error)}).") from None
+        what = "not a ViX model folder" if Path(spec).is_dir() else "no such local folder, and not loadable as a Hub id"
+        raise ConversionError(f"--model {spec}: {what} ({first_line(error)}).") from None
     if config.model_type not in BACKBONE_CONFIGS:
         raise ConversionError(f"--model {spec}: model_type {config.model_type!r} is not a ViX model (one of "
                               f"{', '.join(BACKBONE_CONFIGS)}); convert it to ViX first (python -m conversion...).")
