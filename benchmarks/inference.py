@@ -14,6 +14,7 @@ else give numbers that say more about the other job than about the models.
 
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -210,7 +211,7 @@ def main(argv=None):
 
     report = {"machine": describe_machine("cpu"), "onnxruntime": onnxruntime.__version__,
               "threads": args.threads or os.cpu_count(), "iterations": args.iterations,
-              "command": "python -m benchmarks.inference " + " ".join(sys.argv[1:] if argv is None else argv),
+              "command": shlex.join(["python", "-m", __spec__.name, *(sys.argv[1:] if argv is None else argv)]),
               "results": []}
     for model in args.models:
         for path in args.paths:

@@ -10,6 +10,7 @@ the whole split), through the folder's own image processor. Writes benchmarks/re
 """
 
 import json
+import shlex
 import sys
 import tempfile
 import time
@@ -57,7 +58,9 @@ def evaluate(spec: str, test, train, args: AccuracyArguments) -> dict:
     model, processor = to_onnx.load_vix_folder(spec)
     test_pixels, test_labels = pixels_and_labels(test, processor, args.limit)
     calibration, _ = pixels_and_labels(train.shuffle(seed=0), processor, args.calibration_images)
-    result = {"model": Path(spec).name, "model_type": model.config.model_type,
+    name = Path(spec).name  # a Trainer checkpoint is named by its run folder too: cifar10_cct_bn/checkpoint-704
+    name = f"{Path(spec).parent.name}/{name}" if name.startswith("checkpoint-") else name
+    result = {"model": name, "model_type": model.config.model_type,
               "attention_type": model.config.attention_type,
               "parameters": sum(p.numel() for p in model.parameters()), "test_images": len(test_labels), "rows": []}
     with tempfile.TemporaryDirectory() as folder:
@@ -120,7 +123,7 @@ def main(argv=None):
     (args,) = HfArgumentParser(AccuracyArguments).parse_args_into_dataclasses(args=argv)
     splits = load_dataset(args.dataset)
     report = {"machine": describe_machine("cpu"), "onnxruntime": onnxruntime.__version__,
-              "command": "python -m benchmarks.onnx_int8_accuracy " + " ".join(sys.argv[1:] if argv is None else argv),
+              "command": shlex.join(["python", "-m", __spec__.name, *(sys.argv[1:] if argv is None else argv)]),
               "test_images": min(args.limit, len(splits["test"])), "calibration_images": args.calibration_images,
               "note": args.note, "results": []}
     for spec in args.models:
