@@ -84,8 +84,9 @@ def load_vix_folder(spec: str):
     """(model in eval mode, its image processor) from a ViX folder or Hub id; a ConversionError saying what is wrong
     (missing, not a ViX model, no processor) otherwise."""
     if looks_like_path(spec) and not Path(spec).expanduser().is_dir():
-        raise ConversionError(f"--model {spec}: no such folder; give a folder written by save_pretrained (ViX "
-                              "training or conversion) or a Hub id.")
+        problem = "is a file, not a folder" if Path(spec).expanduser().exists() else "no such folder"
+        raise ConversionError(f"--model {spec}: {problem}; give a folder written by save_pretrained (ViX training or "
+                              "conversion) or a Hub id.")
     spec = str(Path(spec).expanduser()) if looks_like_path(spec) else spec
     try:
         config = AutoConfig.from_pretrained(spec)
@@ -94,7 +95,8 @@ def load_vix_folder(spec: str):
         raise ConversionError(f"--model {spec}: {what} ({first_line(error)}).") from None
     if config.model_type not in BACKBONE_CONFIGS:
         raise ConversionError(f"--model {spec}: model_type {config.model_type!r} is not a ViX model (one of "
-                              f"{', '.join(BACKBONE_CONFIGS)}); convert it to ViX first (python -m conversion...).")
+                              f"{', '.join(BACKBONE_CONFIGS)}); convert it to ViX first (python -m "
+                              "conversion.from_transformers).")
     try:
         processor = VixImageProcessor.from_pretrained(spec)
     except OSError:
@@ -110,10 +112,12 @@ def load_vix_folder(spec: str):
 
 
 def export_onnx(model: nn.Module, path: Path, sample: torch.Tensor, opset: int = DEFAULT_OPSET) -> Path:
-    """Write `model` (a transformers image classifier, in eval mode) to `path` as one ONNX file with a dynamic batch
-    dimension. `sample` (B, C, H, W) with B >= 2 fixes every other dimension (a batch of 1 would be specialised)."""
+    """Write `model` (a transformers image classifier, exported in eval mode: its inference form) to `path` as one
+    ONNX file with a dynamic batch dimension. `sample` (B, C, H, W) with B >= 2 fixes every other dimension (a batch
+    of 1 would be specialised)."""
     if sample.shape[0] < 2:
         sample = sample.expand(2, *sample.shape[1:])
+    was_training = model.training
     batch = torch.export.Dim("batch", min=1)
     exporter_log = logging.getLogger("torch.onnx")
     level = exporter_log.level
@@ -125,10 +129,12 @@ def export_onnx(model: nn.Module, path: Path, sample: torch.Tensor, opset: int =
                               opset_version=opset, external_data=False, verbose=False)
     except Exception as error:  # the exporter raises many types; the user needs the first line of one
         config = getattr(model, "config", None)
-        what = f"{config.model_type} with attention_type {config.attention_type!r}" if config is not None else "model"
+        what = (f"{config.model_type} with attention_type {getattr(config, 'attention_type', 'softmax')!r}"
+                if config is not None else "the model")
         raise ConversionError(f"{what} does not export to ONNX opset {opset}: {first_line(error)}") from None
     finally:
         exporter_log.setLevel(level)
+        model.train(was_training)
     return Path(path)
 
 
