@@ -176,7 +176,9 @@ def test_eager_attention_maps_and_batching_equivalence(attention):
     keys = (lambda n: 8) if attention == "linformer" else (lambda n: n)
     assert [tuple(m.shape) for m in eager.attentions] == [
         (4, 2, 64, keys(64)), (4, 2, 16, keys(64)), (4, 3, 16, keys(16)), (4, 3, 4, keys(16)), (4, 4, 4, keys(4))]
-    assert_max_diff(eager.logits, batched, f"{attention} eager vs fused", relative=2e-5)
+    # The two paths contract in different orders (Nystrom: the map, then V; fused: V first) through an fp32
+    # pseudo-inverse: they differ by up to 5e-5 of the logits' scale on some CPUs (an Intel Xeon with AMX).
+    assert_max_diff(eager.logits, batched, f"{attention} eager vs fused", relative=1e-4)
 
 
 @pytest.mark.parametrize("attention", ["softmax", "nystrom"])
