@@ -443,3 +443,31 @@ def test_results_script_on_a_tiny_recipe(tmp_path):
     # --skip_existing reuses the run
     again = results.main([str(recipe), "--output_dir", str(tmp_path / "results"), "--skip_existing"])
     assert again[0]["test_accuracy"] == rows[0]["test_accuracy"]
+
+
+def test_lora_fine_tune_trains_the_adapter_and_writes_a_merged_model_and_the_adapter(tmp_path, capsys):
+    pytest.importorskip("peft")
+    base = tmp_path / "base"
+    main(["--output_dir", str(base), "--max_train_samples", "32", "--max_eval_samples", "16", "--max_steps", "2",
+          "--disable_tqdm", "true", *TINY])
+    metrics = main(["--output_dir", str(tmp_path / "lora"), "--model_name_or_path", str(base / "final"),
+                    "--lora_r", "2", "--max_train_samples", "32", "--max_eval_samples", "16", "--max_steps", "2",
+                    "--learning_rate", "0.01", "--warmup_steps", "0", "--disable_tqdm", "true"])
+    final = tmp_path / "lora" / "final"
+    assert 0 < metrics["trainable_parameters"] < metrics["num_parameters"] / 2
+    assert (final / "adapter" / "adapter_config.json").is_file()
+    merged = load_file(final / "model.safetensors")
+    assert not any("lora_" in key or "base_layer" in key for key in merged)  # a plain ViX folder
+    start = load_file(base / "final" / "model.safetensors")
+    changed = [key for key in start if not torch.equal(start[key], merged[key])]
+    assert changed and all(key.endswith(("q_proj.weight", "v_proj.weight")) or "classifier" in key
+                           for key in changed)  # the merged adapter and the head, nothing else
+    from transformers import AutoModelForImageClassification
+
+    assert AutoModelForImageClassification.from_pretrained(final).num_parameters() == metrics["num_parameters"]
+    assert "lora_r: 2" in (final / "recipe.yaml").read_text()
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--output_dir", str(tmp_path / "scratch"), "--lora_r", "2", *TINY])
+    assert exit_info.value.code == 2 and not (tmp_path / "scratch").exists()
+    assert "--lora_r adapts a trained model" in capsys.readouterr().err

@@ -60,6 +60,7 @@ from .checks import check_training_settings
 from .data import DataArguments, dataset_display_name, load_splits
 from .errors import UsageError
 from .lazy_images import ReadableImagesCollator, SkippedReads, make_transform
+from .lora import LoraArguments, add_lora_adapter, check_lora_arguments, count_parameters
 from .model_flags import (
     BACKBONE_CONFIGS,
     ModelArguments,
@@ -160,6 +161,7 @@ class Settings(NamedTuple):
     model_settings: dict  # the resolved config kwargs of a new model ({} when fine-tuning a checkpoint)
     changed_training: frozenset  # TrainingArguments set by the recipe or a flag
     precision: Precision  # what --precision resolved to, why, and the metrics.json record
+    lora: LoraArguments  # lora_r 0: no adapter
 
 
 SHORT_USAGE = "usage: python -m training.train [RECIPE.yaml] [--flag value ...]   (--help lists every flag)"
@@ -176,7 +178,7 @@ class JobParser(HfArgumentParser):
 
 
 def make_parser() -> HfArgumentParser:
-    parser = JobParser((JobArguments, ModelArguments, DataArguments, TrainingArguments),
+    parser = JobParser((JobArguments, ModelArguments, DataArguments, LoraArguments, TrainingArguments),
                        prog="python -m training.train")
     parser.set_defaults(**TRAINING_DEFAULTS)
     return parser
@@ -244,9 +246,19 @@ def parse_args(argv=None) -> Settings:
         model_settings = resolve_model_settings(job.model_type, model)
     if namespace["output_dir"] is None:
         namespace["output_dir"] = derived_output_dir(namespace, model_settings)
+    lora = build_arguments(LoraArguments, namespace)
+    try:
+        check_lora_arguments(lora)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    if lora.lora_r and not job.model_name_or_path:
+        raise UsageError("--lora_r adapts a trained model: give its folder or Hub id as --model_name_or_path (a new "
+                         "model trains in full).")
+    if lora.lora_r:  # peft's wrapper hides the model's `labels` argument from Trainer's signature check
+        namespace["label_names"] = ["labels"]
     training = build_arguments(TrainingArguments, namespace)
     check_training_settings(training, data)
-    return Settings(job, model, data, training, model_settings, changed, precision)
+    return Settings(job, model, data, training, model_settings, changed, precision, lora)
 
 
 def differing(args) -> dict:
@@ -263,7 +275,7 @@ def recipe_dict(settings: Settings) -> dict:
     """
     # precision always, `auto` included: bf16/fp16 are recorded only when given, so the reader sees what chose them
     out = {**differing(settings.job), "precision": settings.job.precision, **settings.model_settings,
-           **differing(settings.data)}
+           **differing(settings.data), **differing(settings.lora)}
     training = settings.training.to_dict()
     chosen = (set(TRAINING_DEFAULTS) | settings.changed_training) - NOT_RECORDED
     out.update({f.name: training[f.name] for f in fields(TrainingArguments) if f.name in chosen and f.name in training})
@@ -448,6 +460,11 @@ def run(argv=None, callbacks=None):
         metric = load_metric()
     labels = data_info["labels"]
     model, processor = build_model(settings, labels)
+    try:
+        model = add_lora_adapter(model, settings.lora)
+    except ValueError as error:  # e.g. target modules the model does not have
+        raise UsageError(str(error)) from error
+    trainable_parameters, _ = count_parameters(model)
     if job.channels_last:  # the weights; conv outputs follow them, so the inputs need not be converted
         model = model.to(memory_format=torch.channels_last)
 
@@ -482,6 +499,10 @@ def run(argv=None, callbacks=None):
         train_result = trainer.train(resume_from_checkpoint=resume)
     whole_run = totals.whole_run(train_result.training_loss)
     final_dir = Path(training_args.output_dir) / "final"
+    if settings.lora.lora_r:
+        # The adapter alone (peft's format) in final/adapter, then the merged model: a plain ViX folder in final/.
+        trainer.save_model(str(final_dir / "adapter"))
+        trainer.model = trainer.model_wrapped = trainer.model.merge_and_unload()
     trainer.save_model(str(final_dir))  # on every rank: Trainer writes from the main process only
     with attention_backend(job.sdpa_backend):
         metrics = trainer.evaluate(splits["test"], metric_key_prefix="test")  # once, with the best validation model
@@ -498,6 +519,7 @@ def run(argv=None, callbacks=None):
         "validation_curve": validation_curve(trainer.state.log_history, whole_run["train_runtime"],
                                              trainer.state.global_step),
         "num_parameters": trainer.model.num_parameters(),
+        "trainable_parameters": trainable_parameters,
         "peak_memory_mb": round(peak_memory_mb(training_args.device), 1),
         "hardware": hardware_description(training_args.device),
         "world_size": training_args.world_size,
