@@ -20,6 +20,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -452,6 +453,22 @@ def conversion_record(result: ConversionResult, source: str, base_model: str | N
     return {"source": source, "base_model": base_model, "parity": result.parity, "notes": result.notes}
 
 
+@contextmanager
+def staged_output_dir(output_dir: Path):
+    """A temporary sibling of `output_dir` to write into; moved into place (replacing `output_dir`) only when the
+    block ends without an error, removed otherwise, so a failed write leaves nothing half-done."""
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    try:
+        yield staging
+        if output_dir.exists():
+            shutil.rmtree(output_dir) if output_dir.is_dir() else output_dir.unlink()
+        staging.rename(output_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+
+
 @torch.no_grad()
 def write_folder(result: ConversionResult, output_dir: Path, *, source: str, base_model: str | None,
                  check_pixels: torch.Tensor, check_logits: torch.Tensor | None = None, overwrite: bool = False) -> Path:
@@ -460,9 +477,7 @@ def write_folder(result: ConversionResult, output_dir: Path, *, source: str, bas
     with the same logits."""
     output_dir = Path(output_dir)
     check_output_dir(output_dir, overwrite)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
+    with staged_output_dir(output_dir) as staging:
         result.model.save_pretrained(staging)
         result.processor.save_pretrained(staging)
         record = conversion_record(result, source, base_model)
@@ -476,12 +491,6 @@ def write_folder(result: ConversionResult, output_dir: Path, *, source: str, bas
         difference = (reloaded(check_pixels).logits - check_logits).abs().max().item()
         if difference > 1e-6:
             raise ConversionError(f"The saved folder reloads with different logits (max diff {difference:.2e}).")
-        if output_dir.exists():
-            shutil.rmtree(output_dir) if output_dir.is_dir() else output_dir.unlink()
-        staging.rename(output_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     result.output_dir = output_dir
     return output_dir
 

@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,7 +41,7 @@ from transformers.utils import logging as hf_logging
 
 from modeling_vix import BACKBONE_CONFIGS, VixImageProcessor
 
-from .common import ConversionError, check_output_dir, first_line, load_images
+from .common import ConversionError, check_output_dir, first_line, load_images, staged_output_dir
 
 
 # torch's dynamo exporter writes opset 18 and above (it silently raises a lower request to 18), up to its
@@ -244,9 +242,7 @@ def export_folder(model_spec: str, output_dir, *, opset: int = DEFAULT_OPSET, qu
         raise ConversionError(f"the processor gives {pixel_values.shape[1]} channels, the model takes "
                               f"{model.config.num_channels}; nothing was written.")
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
+    with staged_output_dir(output_dir) as staging:
         export_onnx(model, staging / ONNX_FILE, pixel_values[:2], opset)
         parity = onnx_parity(ort_session(staging / ONNX_FILE), model, pixel_values)
         check_parity(parity, rtol, inputs, f"{model.config.model_type} ({model.config.attention_type})")
@@ -263,12 +259,6 @@ def export_folder(model_spec: str, output_dir, *, opset: int = DEFAULT_OPSET, qu
         model.config.save_pretrained(staging)  # config.json (labels, sizes) and its configuration file
         processor.save_pretrained(staging)
         (staging / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
-        if output_dir.exists():
-            shutil.rmtree(output_dir) if output_dir.is_dir() else output_dir.unlink()
-        staging.rename(output_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return OnnxExport(output_dir, record)
 
 

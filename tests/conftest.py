@@ -154,6 +154,38 @@ def tiny_cvt_config(**overrides):
     return VixCvtConfig(**settings)
 
 
+def tiny_backbones() -> dict:
+    """backbone -> (tiny config builder, classification model class), for tests that run every backbone."""
+    from modeling_vix import (
+        VixCctForImageClassification,
+        VixCvtForImageClassification,
+        VixForImageClassification,
+        VixLevitForImageClassification,
+        VixPitForImageClassification,
+    )
+
+    return {
+        "vit": (tiny_config, VixForImageClassification),
+        "cct": (tiny_cct_config, VixCctForImageClassification),
+        "pit": (tiny_pit_config, VixPitForImageClassification),
+        "cvt": (tiny_cvt_config, VixCvtForImageClassification),
+        "levit": (tiny_levit_config, VixLevitForImageClassification),
+    }
+
+
+def perturbed_model(backbone: str, attention: str = "softmax", scale: float = 0.2):
+    """A tiny model of `backbone` with `attention`, in eval mode, its weights moved away from the init (whose
+    zero-initialised norms, LeViT's, would hide the attention) so that every kernel and adapter shows in the logits."""
+    make_config, model_class = tiny_backbones()[backbone]
+    overrides = {"attention_bias": False} if (backbone, attention) == ("levit", "performer") else {}
+    torch.manual_seed(0)
+    model = model_class(make_config(attention_type=attention, **overrides)).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(scale * torch.randn_like(parameter))
+    return model
+
+
 class logged_warnings:
     """`with logged_warnings() as messages:` collects the messages logged at WARNING or above by transformers' and
     ViX's loggers inside the block. `warning_once`'s memory is cleared on entry, so a warning already given earlier

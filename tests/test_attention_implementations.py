@@ -5,35 +5,15 @@ would apply as head 0's to every head, refuses it); `output_hidden_states` has t
 import pytest
 import torch
 
-from conftest import tiny_cct_config, tiny_config, tiny_cvt_config, tiny_levit_config, tiny_pit_config
-from modeling_vix import (
-    VixCctForImageClassification,
-    VixCvtForImageClassification,
-    VixForImageClassification,
-    VixLevitForImageClassification,
-    VixPitForImageClassification,
-)
+from conftest import perturbed_model, tiny_backbones
 from modeling_vix.kernels_vix import ATTENTION_KERNELS
 
 
-BACKBONES = {
-    "vit": (tiny_config, VixForImageClassification),
-    "cct": (tiny_cct_config, VixCctForImageClassification),
-    "pit": (tiny_pit_config, VixPitForImageClassification),
-    "cvt": (tiny_cvt_config, VixCvtForImageClassification),
-    "levit": (tiny_levit_config, VixLevitForImageClassification),
-}
+BACKBONES = list(tiny_backbones())
 
 
 def build(backbone, attention="softmax"):
-    make_config, model_class = BACKBONES[backbone]
-    overrides = {"attention_bias": False} if (backbone, attention) == ("levit", "performer") else {}
-    torch.manual_seed(0)
-    model = model_class(make_config(attention_type=attention, **overrides)).eval()
-    with torch.no_grad():  # away from the init (zero-initialised norms would hide the attention), so kernels matter
-        for parameter in model.parameters():
-            parameter.add_(0.2 * torch.randn_like(parameter))
-    return model
+    return perturbed_model(backbone, attention)
 
 
 def pixels(batch=2):
@@ -49,7 +29,7 @@ def assert_same_logits(actual, expected):
     assert difference <= 1e-3 * scale, f"max logit difference {difference:.2e} (logits up to {scale:.2f})"
 
 
-@pytest.mark.parametrize("backbone", list(BACKBONES))
+@pytest.mark.parametrize("backbone", BACKBONES)
 @pytest.mark.parametrize("attention", list(ATTENTION_KERNELS))
 @torch.no_grad()
 def test_eager_and_sdpa_give_the_same_logits(backbone, attention):
@@ -63,7 +43,7 @@ def test_eager_and_sdpa_give_the_same_logits(backbone, attention):
     assert len(eager.attentions) == len(kernels) > 0  # eager returns every kernel's map
 
 
-@pytest.mark.parametrize("backbone", list(BACKBONES))
+@pytest.mark.parametrize("backbone", BACKBONES)
 @torch.no_grad()
 def test_flex_attention_where_declared_gives_the_eager_logits(backbone):
     model = build(backbone)
@@ -79,7 +59,7 @@ def test_flex_attention_where_declared_gives_the_eager_logits(backbone):
     assert_same_logits(model(pixels()).logits, eager)
 
 
-@pytest.mark.parametrize("backbone", list(BACKBONES))
+@pytest.mark.parametrize("backbone", BACKBONES)
 @torch.no_grad()
 def test_output_hidden_states_are_the_embeddings_then_each_layer(backbone):
     """transformers' form: the embedding output, then one tensor per layer (per stage for LeViT, as transformers'

@@ -5,39 +5,21 @@ while the base weights stay as they were, and `merge_and_unload()` gives the ada
 import pytest
 import torch
 
-from conftest import tiny_cct_config, tiny_config, tiny_cvt_config, tiny_levit_config, tiny_pit_config
-from modeling_vix import (
-    VixCctForImageClassification,
-    VixCvtForImageClassification,
-    VixForImageClassification,
-    VixLevitForImageClassification,
-    VixPitForImageClassification,
-)
+from conftest import perturbed_model, tiny_backbones
 from modeling_vix.kernels_vix import ATTENTION_KERNELS
 from training.lora import LoraArguments, add_lora_adapter, count_parameters
 
 
 peft = pytest.importorskip("peft")
 
-BACKBONES = {
-    "vit": (tiny_config, VixForImageClassification),
-    "cct": (tiny_cct_config, VixCctForImageClassification),
-    "pit": (tiny_pit_config, VixPitForImageClassification),
-    "cvt": (tiny_cvt_config, VixCvtForImageClassification),
-    "levit": (tiny_levit_config, VixLevitForImageClassification),
-}
+BACKBONES = list(tiny_backbones())
 CASES = [(backbone, attention) for backbone in BACKBONES for attention in ATTENTION_KERNELS]
 
 
 def build(backbone, attention):
-    make_config, model_class = BACKBONES[backbone]
-    overrides = {"attention_bias": False} if (backbone, attention) == ("levit", "performer") else {}
-    torch.manual_seed(0)
-    model = model_class(make_config(attention_type=attention, **overrides)).double().eval()
-    with torch.no_grad():  # away from the init, whose zero-initialised norms (LeViT's) would hide the attention
-        for parameter in model.parameters():
-            parameter.add_(0.2 * torch.randn_like(parameter))
-    return model
+    # (a larger perturbation leaves the LeViN's landmark kernels so ill-conditioned that fp32 pseudo-inverse gradients
+    # stop being descent directions)
+    return perturbed_model(backbone, attention, scale=0.1).double()
 
 
 def pixels(batch=4):
@@ -65,15 +47,13 @@ def test_lora_adapts_learns_and_merges(backbone, attention):
 
     trainable = [p for p in adapted.parameters() if p.requires_grad]
     assert trainable and all("lora_" in name for name, p in adapted.named_parameters() if p.requires_grad)
-    optimizer = torch.optim.Adam(trainable, lr=0.02)
+    optimizer = torch.optim.Adam(trainable, lr=1e-3)
     with torch.no_grad():
         loss_before = adapted(inputs, labels=labels).loss.item()  # eval mode: no dropout, fixed statistics
-    adapted.train()
-    for _ in range(5):
+    for _ in range(5):  # in eval mode: fixed BatchNorm statistics (LeViT's), so only the adapter changes the loss
         adapted(inputs, labels=labels).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-    adapted.eval()
     with torch.no_grad():
         trained = adapted(inputs, labels=labels)
     trained_logits = trained.logits
@@ -81,9 +61,8 @@ def test_lora_adapts_learns_and_merges(backbone, attention):
     base_model = adapted.get_base_model()
     frozen = {name.replace(".base_layer", ""): tensor for name, tensor in base_model.state_dict().items()
               if "lora_" not in name}
-    for name, tensor in base_state.items():  # weights and buffers (BatchNorm statistics move in training mode)
-        if "running_" not in name and "num_batches_tracked" not in name:
-            assert torch.equal(frozen[name], tensor), f"{name} changed"
+    for name, tensor in base_state.items():  # every weight and buffer
+        assert torch.equal(frozen[name], tensor), f"{name} changed"
 
     merged = adapted.merge_and_unload()
     assert not any(isinstance(m, peft.tuners.lora.LoraLayer) for m in merged.modules())
@@ -91,7 +70,7 @@ def test_lora_adapts_learns_and_merges(backbone, attention):
         torch.testing.assert_close(merged(inputs).logits, trained_logits, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("backbone", list(BACKBONES))
+@pytest.mark.parametrize("backbone", BACKBONES)
 def test_training_job_adapter_trains_only_the_adapter_and_the_head(backbone):
     model = build(backbone, "nystrom")
     total = sum(p.numel() for p in model.parameters())
