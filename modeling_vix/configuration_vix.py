@@ -210,11 +210,6 @@ class VixMixerConfig(PreTrainedConfig):
                 f"nystrom_residual_conv_kernel must be odd (to keep the token count) or 0 to disable it; "
                 f"got {self.nystrom_residual_conv_kernel}."
             )
-        if self.nystrom_padding == "zeros_front" and self.qkv_bias:
-            raise ValueError(
-                "nystrom_padding='zeros_front' reproduces the official ViN, whose q/k/v projections have no bias (its "
-                "zero tokens project to zero); set qkv_bias=False or nystrom_padding='none'."
-            )
         if self.performer_redraw_interval < 0:
             raise ValueError("performer_redraw_interval must be >= 0 (0 = never redraw).")
         if self.mixer_token_expansion <= 0:
@@ -380,6 +375,11 @@ class VixConfig(VixMixerConfig):
                 f"conv_stem_downsampling='max_pool' halves the grid after each of the {num_stem_convs} stem convs, so "
                 f"patch_size must be {2**num_stem_convs}; got {self.patch_size}. Change patch_size or the number of "
                 "conv_stem_channels."
+            )
+        if self.nystrom_padding == "zeros_front" and self.qkv_bias:
+            raise ValueError(
+                "nystrom_padding='zeros_front' reproduces the official ViN, whose q/k/v projections have no bias (its "
+                "zero tokens project to zero); set qkv_bias=False or nystrom_padding='none'."
             )
         self.check_rope(self.position_embedding_type, [self.attention_head_dim])
 

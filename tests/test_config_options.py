@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from huggingface_hub.errors import StrictDataclassFieldValidationError
 
 from conftest import tiny_config
-from modeling_vix import VixForImageClassification
+from modeling_vix import VixConfig, VixForImageClassification
 
 
 @pytest.mark.parametrize("attention", ["softmax", "performer", "linformer", "nystrom"])
@@ -89,3 +89,11 @@ def test_default_conv_stem_keeps_the_paper_stem_and_its_checkpoint_keys():
 def test_conv_stem_options_reject_impossible_combinations(overrides, error, pattern):
     with pytest.raises(error, match=pattern):
         tiny_config(**{"conv_stem_channels": [8], **overrides})
+
+
+def test_official_zero_padding_needs_projections_without_bias():
+    """zeros_front pads q, k, v with zeros, which is what the official ViN's bias-free projections make of zero
+    tokens; with a bias they would not be zero, so the combination is refused."""
+    with pytest.raises(ValueError, match="set qkv_bias=False or nystrom_padding='none'"):
+        VixConfig(attention_type="nystrom", nystrom_padding="zeros_front", qkv_bias=True)
+    assert VixConfig(attention_type="nystrom", nystrom_padding="zeros_front").nystrom_padding == "zeros_front"

@@ -143,8 +143,9 @@ def test_flags_on_the_command_line_and_config_overrides(tmp_path):
 
 
 def test_config_overrides_on_a_checkpoint_build_the_new_mixer_and_keep_the_shared_weights(tmp_path):
-    """Fine-tuning a softmax checkpoint with `--config_overrides attention_type=nystrom` builds Nystrom mixers (not
-    a softmax model whose config says nystrom) carrying every q/k/v/o tensor: the warm start of issue 12."""
+    """Fine-tuning a softmax checkpoint with `--config_overrides attention_type=nystrom` builds Nystrom kernels (not
+    a softmax model whose config says nystrom) carrying every q/k/v/o tensor: the warm start of a linear-attention
+    fine-tune."""
     from conftest import tiny_config
     from training.train import build_model
 
@@ -153,8 +154,8 @@ def test_config_overrides_on_a_checkpoint_build_the_new_mixer_and_keep_the_share
     settings = parse_args(["--model_name_or_path", str(tmp_path / "softmax"), "--output_dir", str(tmp_path / "out"),
                            "--config_overrides", "attention_type=nystrom,nystrom_num_landmarks=8"])
     model, _ = build_model(settings, ["a", "b"])
-    mixer = model.vix.layers[0].attention
-    assert type(mixer).__name__ == "NystromAttention" and mixer.num_landmarks == 8
+    kernel = model.vix.layers[0].attention.kernel
+    assert type(kernel).__name__ == "NystromKernel" and kernel.num_landmarks == 8
     shared = source.state_dict()
     for name, tensor in model.state_dict().items():
         if name in shared:
