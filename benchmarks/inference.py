@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from transformers import HfArgumentParser
 
-from benchmarks.run import describe_machine, save_report
+from benchmarks.run import describe_machine, machine_summary, save_report
 
 
 PATHS = ("eager", "compiled", "onnx-fp32", "onnx-int8")
@@ -162,8 +162,8 @@ def markdown(report: dict) -> str:
     lines = [
         "# CPU inference: ViX's CIFAR-10 classifiers and transformers' ViT / CvT / LeViT, PyTorch and onnxruntime",
         "",
-        f"Command: `{report['command']}`. Machine: {machine['cpu']}, {machine['cores']} cores, CPU capability "
-        f"{machine.get('cpu_capability')}; torch {machine['torch']}, onnxruntime {report['onnxruntime']}; "
+        f"Command: `{report['command']}`. Machine: {machine_summary(machine)}; torch {machine['torch']}, "
+        f"onnxruntime {report['onnxruntime']}; "
         f"{report['threads']} threads.",
         "",
         "Randomly initialised models at 32x32. eager: PyTorch eval + no_grad; compiled: `torch.compile` (inductor); "

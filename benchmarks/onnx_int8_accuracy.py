@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from transformers import HfArgumentParser
 
-from benchmarks.run import describe_machine, save_report
+from benchmarks.run import describe_machine, machine_summary, save_report
 from conversion import to_onnx
 
 
@@ -95,8 +95,8 @@ def markdown(report: dict) -> str:
     lines = [
         "# int8 ONNX models: CIFAR-10 test accuracy against fp32",
         "",
-        f"Command: `{report['command']}`. Machine: {machine['cpu']}, {machine['cores']} cores, CPU capability "
-        f"{machine.get('cpu_capability')}; torch {machine['torch']}, onnxruntime {report['onnxruntime']}.",
+        f"Command: `{report['command']}`. Machine: {machine_summary(machine)}; torch {machine['torch']}, "
+        f"onnxruntime {report['onnxruntime']}.",
         "",
         f"{report['test_images']} CIFAR-10 test images through each folder's image processor. int8 dynamic: "
         "`onnxruntime.quantization.quantize_dynamic` (QInt8 weights, activations quantized per batch at run time), "

@@ -73,6 +73,11 @@ class RunArguments:
     render: str = field(default="", metadata={"help": "a results JSON: write its markdown again, measure nothing"})
 
 
+def machine_summary(machine: dict) -> str:
+    """'<cpu>, <cores> cores, CPU capability <level>': how every report's header names the machine."""
+    return f"{machine['cpu']}, {machine['cores']} cores, CPU capability {machine.get('cpu_capability')}"
+
+
 def describe_machine(device: str) -> dict:
     # the CPU's kernel level and native bf16 decide how fast bf16 runs on it (9x slower than fp32 without)
     machine = {"cpu": cpu_model_name(), "cores": os.cpu_count(), **cpu_precision_info(), "torch": torch.__version__,

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import HfArgumentParser
 
-from benchmarks.run import describe_machine, save_report
+from benchmarks.run import describe_machine, machine_summary, save_report
 from training.precision import resolve_precision
 
 
@@ -142,8 +142,8 @@ def markdown(report: dict) -> str:
     lines = [
         "# The training step before and after the fast CPU-budget protocol (same run)",
         "",
-        f"Machine: {machine['cpu']}, {machine['cores']} cores, CPU capability {machine.get('cpu_capability')}, "
-        f"native bf16: {machine.get('cpu_native_bf16')}; torch {machine['torch']}. Command: `{report['command']}`",
+        f"Machine: {machine_summary(machine)}, native bf16: {machine.get('cpu_native_bf16')}; "
+        f"torch {machine['torch']}. Command: `{report['command']}`",
         "",
         f"One AdamW step of each recipe's model (from `training/recipes/`) at batch {report['batch_size']}, "
         f"precision auto; median of {report['steps']} steps after {report['warmup_steps']} warm-up steps; each path "
