@@ -35,6 +35,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import logging
 
 from .configuration_vix import MIXER_CAPABILITIES, MixerCapabilities
+from .nystrom_vix import at_least_fp32, iterative_pinv, nystrom_attention, segment_means
 
 
 logger = logging.get_logger(__name__)
@@ -325,43 +326,6 @@ class LinformerKernel(AttentionKernel):
         return context, None
 
 
-def iterative_pinv(matrix: torch.Tensor, iterations: int, per_matrix_scale: bool) -> torch.Tensor:
-    """Moore-Penrose pseudo-inverse of (..., m, m) by the Nystromformer paper's iteration (its eq. 16).
-
-    Z0 = A^T / (max column sum * max row sum) guarantees convergence. With `per_matrix_scale` the maxima are
-    taken per matrix, so a sample's result does not depend on the other samples of its batch; otherwise over
-    the whole tensor, as the `nystrom-attention` package does.
-    """
-    absolute = matrix.abs()
-    col_sums, row_sums = absolute.sum(dim=-2), absolute.sum(dim=-1)
-    if per_matrix_scale:
-        scale = col_sums.amax(-1, keepdim=True)[..., None] * row_sums.amax(-1, keepdim=True)[..., None]
-    else:
-        scale = col_sums.max() * row_sums.max()
-    inverse = matrix.transpose(-1, -2) / scale
-    identity = torch.eye(matrix.shape[-1], device=matrix.device, dtype=matrix.dtype)
-    for _ in range(iterations):
-        product = matrix @ inverse
-        inverse = 0.25 * inverse @ (13 * identity - product @ (15 * identity - product @ (7 * identity - product)))
-    return inverse
-
-
-def segment_means(x: torch.Tensor, num_segments: int) -> torch.Tensor:
-    """Means of `num_segments` consecutive runs of tokens of x (B, H, N, D) -> (B, H, m, D).
-
-    When m divides N the runs have equal length N/m. Otherwise they have length floor(N/m) or ceil(N/m)
-    (token j belongs to run floor(j m / N)), so every landmark is the mean of real tokens only: no
-    padding tokens are invented, and nothing needs masking.
-    """
-    num_tokens = x.shape[-2]
-    if num_tokens % num_segments == 0:
-        return x.unflatten(-2, (num_segments, num_tokens // num_segments)).mean(dim=-2)
-    segment_of_token = torch.arange(num_tokens, device=x.device) * num_segments // num_tokens
-    membership = F.one_hot(segment_of_token, num_segments).T.to(x.dtype)  # (m, N)
-    averaging = membership / membership.sum(dim=-1, keepdim=True)
-    return averaging @ x
-
-
 def depthwise_token_conv(values: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
     """Per-head 1D convolution along the tokens, zero-padded to keep N: values (B, H, N, D), taps (H, K), K odd.
 
@@ -371,9 +335,16 @@ def depthwise_token_conv(values: torch.Tensor, taps: torch.Tensor) -> torch.Tens
     on views of one padded copy: about 3x faster (forward + backward) than oneDNN's grouped conv at the
     paper's 1025 tokens, saving one copy of V for backward, and still linear in N.
     """
-    _, _, num_tokens, head_dim = values.shape
+    batch, _, num_tokens, head_dim = values.shape
     kernel = taps.shape[-1]
     block = max(32, kernel // 2)
+    if num_tokens <= 3 * block:  # few tokens: one (N, N) band per head costs fewer FLOPs than three blocks
+        tap_index = torch.arange(num_tokens, device=values.device)
+        tap_index = tap_index[None, :] - tap_index[:, None] + kernel // 2  # (N, N): output row, input column
+        in_band = (tap_index >= 0) & (tap_index < kernel)
+        band = (taps[:, tap_index.clamp(0, kernel - 1)] * in_band.to(taps.dtype)).to(values.dtype)  # (H, N, N)
+        by_head = values.permute(1, 2, 0, 3).flatten(2)  # (H, N, B * D): one GEMM per head for the whole batch
+        return (band @ by_head).unflatten(2, (batch, head_dim)).permute(2, 0, 1, 3)  # (B, H, N, D)
     num_blocks = -(-num_tokens // block)
     padded = F.pad(values, (0, 0, block, block + num_blocks * block - num_tokens))  # (B, H, (nb + 2) L, D)
     # (H, B, L, nb + 2, D): row r of block i is token (i - 1) L + r; one copy, viewed three times below.
@@ -396,9 +367,9 @@ class NystromKernel(AttentionKernel):
 
     out = softmax(Q K~^T) pinv(softmax(Q~ K~^T)) softmax(Q~ K^T) V  +  depthwise_conv(V)
 
-    The two N-sized softmax products are themselves softmax attentions, so both run through
-    `scaled_dot_product_attention` (fused, never storing an N x m map in fp32 twice); the order
-    softmax(Q K~^T) @ (pinv @ (softmax(Q~ K^T) @ V)) avoids every N x m x m product.
+    Training and inference run it as one autograd node (`nystrom_vix.nystrom_attention`) that keeps only q, k, v
+    for backward and recomputes the N x m softmax maps there; the order softmax(Q K~^T) @ (pinv @ (softmax(Q~ K^T)
+    @ V)) avoids every N x m x m product. An attention bias or the eager map go through autograd step by step.
 
     When m does not divide N, landmarks are means over runs of unequal length (see `segment_means`)
     instead of the official code's zero tokens. `nystrom_padding="zeros_front"` restores the official
@@ -450,13 +421,37 @@ class NystromKernel(AttentionKernel):
 
     def attend(self, query, key, value, attention_bias=None):
         """The Nystrom approximation of softmax(q k^T + bias) v, plus the residual conv on v."""
+        if attention_bias is None and not self.materialize_attention_maps:
+            # One autograd node that keeps only q, k, v (and m-sized tensors) for backward: nystrom_vix.py.
+            context = nystrom_attention(
+                query, key, value, self.num_landmarks, self.scaling, self.pinv_iterations, self.per_matrix_pinv_scale
+            )
+            weights = None
+        else:
+            context, weights = self.attend_step_by_step(query, key, value, attention_bias)
+        if self.residual_conv is not None:
+            context = context + self.convolve_values(value)
+        context = F.dropout(context, p=self.dropout_p, training=self.training)
+        return context, weights
+
+    def convolve_values(self, value: torch.Tensor) -> torch.Tensor:
+        """The residual depthwise conv on V (B, H, N, Dv). In training its blocked copy of V is recomputed in
+        backward instead of kept (V itself is kept by the attention anyway): one N-sized tensor less per layer."""
+        taps = self.residual_conv.weight[:, 0, :, 0]  # weight (H, 1, K, 1), kept in Conv2d form for checkpoints
+        if torch.is_grad_enabled() and (value.requires_grad or taps.requires_grad):
+            return checkpoint(depthwise_token_conv, value, taps, use_reentrant=False)
+        return depthwise_token_conv(value, taps)
+
+    def attend_step_by_step(self, query, key, value, attention_bias=None):
+        """The same approximation through autograd, for what the fused node does not do: an attention bias
+        (LeViT), or the (B, H, Nq, Nk) map the eager implementation returns."""
         num_landmarks = min(self.num_landmarks, query.shape[-2], key.shape[-2])
         query_landmarks = segment_means(query, num_landmarks)  # (B, H, m, D)
         key_landmarks = segment_means(key, num_landmarks)
         # A landmark's bias is the mean bias of the tokens it averages: over keys (left), queries (right), both.
         left_bias = right_bias = kernel_bias = None
         if attention_bias is not None:
-            bias = attention_bias.float()
+            bias = at_least_fp32(attention_bias)
             left_bias = segment_means(bias.transpose(-1, -2), num_landmarks).transpose(-1, -2)  # (.., Nq, m)
             right_bias = segment_means(bias, num_landmarks)  # (.., m, Nk)
             kernel_bias = segment_means(right_bias.transpose(-1, -2), num_landmarks).transpose(-1, -2)  # (.., m, m)
@@ -464,32 +459,26 @@ class NystromKernel(AttentionKernel):
         input_dtype = value.dtype
         with torch.autocast(device_type=value.device.type, enabled=False):
             # The m x m kernel and its pseudo-inverse need fp32: the iteration cubes the matrix.
-            logits = query_landmarks.float() @ key_landmarks.float().transpose(-1, -2) * self.scaling
+            logits = at_least_fp32(query_landmarks) @ at_least_fp32(key_landmarks).transpose(-1, -2) * self.scaling
             kernel = torch.softmax(logits if kernel_bias is None else logits + kernel_bias, -1)
             kernel_pinv = self.pseudo_inverse(kernel)  # (B, H, m, m)
 
         if self.materialize_attention_maps:
-            left = (query @ key_landmarks.transpose(-1, -2) * self.scaling).float()
-            right = (query_landmarks @ key.transpose(-1, -2) * self.scaling).float()
+            left = at_least_fp32(query @ key_landmarks.transpose(-1, -2) * self.scaling)
+            right = at_least_fp32(query_landmarks @ key.transpose(-1, -2) * self.scaling)
             if attention_bias is not None:
                 left, right = left + left_bias, right + right_bias
             weights = (left.softmax(-1) @ kernel_pinv @ right.softmax(-1)).to(input_dtype)  # (B, H, Nq, Nk)
-            context = weights @ value
-        else:
-            if attention_bias is not None:
-                left_bias, right_bias = left_bias.to(input_dtype), right_bias.to(input_dtype)
-            landmark_context = F.scaled_dot_product_attention(
-                query_landmarks, key, value, attn_mask=right_bias, scale=self.scaling
-            )
-            landmark_context = (kernel_pinv @ landmark_context.float()).to(input_dtype)  # (B, H, m, Dv)
-            context = F.scaled_dot_product_attention(
-                query, key_landmarks, landmark_context, attn_mask=left_bias, scale=self.scaling
-            )
-            weights = None
-        if self.residual_conv is not None:  # weight (H, 1, K, 1), kept in Conv2d form for checkpoints
-            context = context + depthwise_token_conv(value, self.residual_conv.weight[:, 0, :, 0])
-        context = F.dropout(context, p=self.dropout_p, training=self.training)
-        return context, weights
+            return weights @ value, weights
+        # Both N-sized softmax products are attentions: fused by scaled_dot_product_attention.
+        if attention_bias is not None:
+            left_bias, right_bias = left_bias.to(input_dtype), right_bias.to(input_dtype)
+        landmark_context = F.scaled_dot_product_attention(query_landmarks, key, value, attn_mask=right_bias, scale=self.scaling)
+        landmark_context = (kernel_pinv @ at_least_fp32(landmark_context)).to(input_dtype)  # (B, H, m, Dv)
+        context = F.scaled_dot_product_attention(
+            query, key_landmarks, landmark_context, attn_mask=left_bias, scale=self.scaling
+        )
+        return context, None
 
 
 ATTENTION_KERNELS: dict[str, type[AttentionKernel]] = {

@@ -33,19 +33,42 @@ def test_banded_token_conv_equals_grouped_conv2d(shape):
         torch.testing.assert_close(got, want)
 
 
-def test_recomputed_pseudo_inverse_gives_the_same_gradients():
-    """The pseudo-inverse is recomputed in backward instead of stored: gradients must not change."""
-    mixer = build_mixer(attention_type="nystrom").train()
-    hidden = torch.randn(2, 65, 32, requires_grad=True)
-    output, _ = mixer(hidden)
-    recomputed = torch.autograd.grad(output.square().sum(), [hidden, *mixer.parameters()])
+@pytest.mark.parametrize("blocked", [True, False], ids=["fused_cpu_kernel", "matmul_softmax"])
+@pytest.mark.parametrize("tokens, landmarks, per_head", [(64, 16, True), (70, 16, False), (33, 8, True)])
+def test_nystrom_node_passes_float64_gradcheck(blocked, tokens, landmarks, per_head):
+    """The hand-written backward of the Nystrom node against finite differences, on both attention paths, with
+    landmarks of equal and of unequal runs and both pseudo-inverse scalings."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from modeling_vix.nystrom_vix import nystrom_attention
+
+    query, key, value = (torch.randn(1, 2, tokens, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.MATH] if blocked else [SDPBackend.MATH]
+    with sdpa_kernel(backends):
+        assert torch.autograd.gradcheck(
+            lambda q, k, v: nystrom_attention(q, k, v, landmarks, 0.5, 6, per_head), (query, key, value)
+        )
+
+
+def test_nystrom_node_gives_autograds_gradients_through_the_same_steps():
+    """The fused node (q, k, v kept; maps, pseudo-inverse and conv blocks recomputed in backward) against autograd
+    through the step-by-step formula that stores everything: the same outputs and gradients for every input."""
+    mixer = build_mixer(attention_type="nystrom").double().train()
+    hidden = torch.randn(2, 65, 32, dtype=torch.float64, requires_grad=True)
+    inputs = [hidden, *mixer.parameters()]
+    fused_output, _ = mixer(hidden)
+    fused = torch.autograd.grad(fused_output.square().sum(), inputs)
 
     nystrom = mixer.kernel
+    nystrom.attend = lambda q, k, v, bias=None: (
+        nystrom.attend_step_by_step(q, k, v, bias)[0]
+        + depthwise_token_conv(v, nystrom.residual_conv.weight[:, 0, :, 0]), None)
     nystrom.pseudo_inverse = lambda matrix: iterative_pinv(matrix, nystrom.pinv_iterations,
                                                            nystrom.per_matrix_pinv_scale)
-    output, _ = mixer(hidden)
-    stored = torch.autograd.grad(output.square().sum(), [hidden, *mixer.parameters()])
-    for got, want in zip(recomputed, stored, strict=True):
+    stored_output, _ = mixer(hidden)
+    stored = torch.autograd.grad(stored_output.square().sum(), inputs)
+    torch.testing.assert_close(fused_output, stored_output)
+    for got, want in zip(fused, stored, strict=True):
         torch.testing.assert_close(got, want)
 
 

@@ -198,6 +198,36 @@ def test_nystrom_mixer_matches_nystrom_attention_package(case):
     assert_close(with_map, expected, 1e-5, f"nystrom {case}, output_attentions path")
 
 
+@pytest.mark.parametrize("case", ["N64_m16_global", "N70_m16_zeros_front_global"])
+@pytest.mark.parametrize("backend", ["fused", "math"])
+def test_nystrom_gradients_match_nystrom_attention_package(case, backend):
+    """ViX's Nystrom node has a hand-written backward: its gradients (inputs and every weight) must be autograd's
+    through the package's forward, on both of its attention paths (fused CPU kernel, matmul + softmax)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    batch, tokens, hidden, heads, landmarks, kernel, options = NYSTROM_CASES[case]
+    reference, mixer = nystrom_pair(hidden, heads, landmarks, conv_kernel=kernel, **options)
+    reference, mixer = reference.double().train(), mixer.double().train()
+    hidden_states = torch.randn(batch, tokens, hidden, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(batch, tokens, hidden, dtype=torch.float64)
+    reference_inputs = {"input": hidden_states, **dict(reference.named_parameters())}
+    grads = torch.autograd.grad(reference(hidden_states), list(reference_inputs.values()), upstream)
+    expected = dict(zip(reference_inputs, grads, strict=True))
+    backends = [SDPBackend.MATH] if backend == "math" else [SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]
+    with sdpa_kernel(backends):
+        output, _ = mixer(hidden_states)
+    mixer_inputs = {"input": hidden_states, **dict(mixer.named_parameters())}
+    got = dict(zip(mixer_inputs, torch.autograd.grad(output, list(mixer_inputs.values()), upstream), strict=True))
+    # the package packs q, k, v into one Linear: its gradient is ViX's three stacked
+    got["to_qkv.weight"] = torch.cat([got.pop(f"{name}_proj.weight") for name in "qkv"])
+    renamed = {"o_proj.weight": "to_out.0.weight", "o_proj.bias": "to_out.0.bias",
+               "kernel.residual_conv.weight": "res_conv.weight"}
+    got = {renamed.get(name, name): grad for name, grad in got.items()}
+    assert got.keys() == expected.keys()
+    for name, want in expected.items():
+        assert_close(got[name], want, 1e-9 * max(1.0, want.abs().max().item()), f"{case} {backend}: d/d {name}")
+
+
 @torch.no_grad()
 def test_nystrom_per_head_scale_makes_samples_independent_of_batch():
     """per_head: a sample's output does not depend on the batch; global (the package) does, measurably."""
