@@ -309,17 +309,28 @@ class LinformerKernel(AttentionKernel):
                 "attention_type."
             )
         seq_proj_v = self.seq_proj_k if self.seq_proj_v is None else self.seq_proj_v
-        key = torch.einsum("bhnd,nk->bhkd", key, self.seq_proj_k.to(key.dtype))  # (B, kv_heads, k, D)
-        value = torch.einsum("bhnd,nk->bhkd", value, seq_proj_v.to(value.dtype))
-        key = key.expand(-1, self.num_heads, -1, -1)
-        value = value.expand(-1, self.num_heads, -1, -1)
+        # (B, kv_heads, k, D), made contiguous (k x D is small): einsum returns D-major strides, which would send
+        # scaled_dot_product_attention to its unfused path
+        key = torch.einsum("bhnd,nk->bhkd", key, self.seq_proj_k.to(key.dtype)).contiguous()
+        value = torch.einsum("bhnd,nk->bhkd", value, seq_proj_v.to(value.dtype)).contiguous()
         mask = None
         if attention_bias is not None:  # a projected key's bias: the same projection of the keys' biases
             mask = (attention_bias.to(query.dtype) @ self.seq_proj_k.to(query.dtype))  # (.., H, Nq, k)
             mask = mask if mask.ndim == 4 else mask[None]
         if self.materialize_attention_maps:
+            key, value = key.expand(-1, self.num_heads, -1, -1), value.expand(-1, self.num_heads, -1, -1)
             context, weights = eager_attention_forward(self, query, key, value, mask, self.scaling, self.dropout_p)
             return context.transpose(1, 2), weights  # back to (B, H, Nq, D)
+        if key.shape[1] == 1 and mask is None:
+            # One key/value head for all query heads: the heads are just more queries of one attention. Expanded
+            # (stride-0) keys would send scaled_dot_product_attention to its slow unfused path.
+            batch, heads, num_queries, head_dim = query.shape
+            folded = query.transpose(1, 2).reshape(batch, 1, num_queries * heads, head_dim)  # (B, 1, Nq H, D)
+            context = F.scaled_dot_product_attention(
+                folded, key, value, dropout_p=self.dropout_p, scale=self.scaling
+            )
+            return context.view(batch, num_queries, heads, -1).transpose(1, 2), None  # (B, H, Nq, Dv)
+        key, value = key.expand(-1, self.num_heads, -1, -1), value.expand(-1, self.num_heads, -1, -1)
         context = F.scaled_dot_product_attention(
             query, key, value, attn_mask=mask, dropout_p=self.dropout_p, scale=self.scaling
         )

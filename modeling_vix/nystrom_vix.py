@@ -78,11 +78,30 @@ def pinv_backward(matrix: torch.Tensor, grad_inverse: torch.Tensor, steps, per_m
         # P = A Z
         grad_matrix = torch.baddbmm(grad_matrix, negative_grad_product, inverse.transpose(1, 2), alpha=-1)
         grad = torch.baddbmm(grad_z, matrix.transpose(1, 2), negative_grad_product, alpha=-1)
-    # Z0 = A^T / scale(A): a few elementwise ops, differentiated by autograd (the scale's max picks entries).
-    with torch.enable_grad():
-        leaf = matrix.detach().requires_grad_()
-        (grad_initial,) = torch.autograd.grad(initial_inverse(leaf, per_matrix_scale), leaf, grad)
-    return grad_matrix + grad_initial
+    return grad_matrix + initial_inverse_backward(matrix, grad, per_matrix_scale)
+
+
+def initial_inverse_backward(matrix: torch.Tensor, grad: torch.Tensor, per_matrix_scale: bool) -> torch.Tensor:
+    """d loss / d A for Z0 = A^T / s, s = (max column sum of |A|) (max row sum of |A|), given d loss / d Z0, as
+    autograd computes it: a max passes its gradient to the largest sums, split evenly between ties."""
+    absolute = matrix.abs()
+    col_sums, row_sums = absolute.sum(dim=-2), absolute.sum(dim=-1)  # (b, m)
+    if per_matrix_scale:
+        col_max, row_max = col_sums.amax(-1, keepdim=True), row_sums.amax(-1, keepdim=True)  # (b, 1)
+        col_pick, row_pick = (col_sums == col_max).to(matrix.dtype), (row_sums == row_max).to(matrix.dtype)
+        col_pick, row_pick = col_pick / col_pick.sum(-1, keepdim=True), row_pick / row_pick.sum(-1, keepdim=True)
+    else:
+        col_max, row_max = col_sums.max(), row_sums.max()
+        col_pick, row_pick = (col_sums == col_max).to(matrix.dtype), (row_sums == row_max).to(matrix.dtype)
+        col_pick, row_pick = col_pick / col_pick.sum(), row_pick / row_pick.sum()
+    scale = col_max * row_max  # (b, 1) or ()
+    grad_transposed = grad.transpose(-1, -2)
+    # d loss / d s = -sum(G * A^T) / s^2, per matrix or over all of them
+    weighted = (grad_transposed * matrix).sum(dim=(-2, -1))  # (b,)
+    grad_scale = -(weighted[:, None] if per_matrix_scale else weighted.sum()) / scale.square()
+    grad_absolute = (grad_scale * row_max * col_pick)[..., None, :] + (grad_scale * col_max * row_pick)[..., :, None]
+    scale_per_entry = scale[..., None] if per_matrix_scale else scale
+    return grad_transposed / scale_per_entry + grad_absolute * matrix.sign()
 
 
 def segment_means(x: torch.Tensor, num_segments: int) -> torch.Tensor:
@@ -245,6 +264,13 @@ def landmark_kernel(query_landmarks: torch.Tensor, key_landmarks: torch.Tensor, 
     return attention_probabilities(at_least_fp32(query_landmarks), at_least_fp32(key_landmarks) * scaling)
 
 
+@torch.compiler.assume_constant_result
+def fused_attention_enabled() -> bool:
+    """Whether `scaled_dot_product_attention` may use its fused kernel here (the `sdpa_kernel` context's choice);
+    a constant to torch.compile, so reading it does not break the graph."""
+    return torch.backends.cuda.flash_sdp_enabled()
+
+
 def nystrom_attention(
     query, key, value, num_landmarks: int, scaling: float, iterations: int, per_matrix_scale: bool
 ) -> torch.Tensor:
@@ -255,8 +281,7 @@ def nystrom_attention(
     than the keys; otherwise as matmul + softmax."""
     num_landmarks = min(num_landmarks, query.shape[-2], key.shape[-2])
     # torch's fused CPU kernel wants values as wide as keys (LeViT's are wider)
-    blocked = (value.device.type == "cpu" and torch.backends.cuda.flash_sdp_enabled()
-               and value.shape[-1] == query.shape[-1])
+    blocked = value.device.type == "cpu" and fused_attention_enabled() and value.shape[-1] == query.shape[-1]
     with torch.autocast(device_type=value.device.type, enabled=False):
         dtype = value.dtype
         return NystromAttentionFunction.apply(

@@ -99,3 +99,16 @@ def test_fourier_mixing_gradient_equals_autograd_through_complex_fft():
     (expected,) = torch.autograd.grad(torch.fft.fft2(hidden, dim=(-2, -1)).real, hidden, upstream)
     (actual,) = torch.autograd.grad(RealFourierTransform2d.apply(hidden), hidden, upstream)
     torch.testing.assert_close(actual, expected)
+
+
+@pytest.mark.parametrize("per_head", [True, False])
+def test_pinv_initial_scale_gradient_splits_ties_as_autograd_does(per_head):
+    """Z0 = A^T / (max column sum * max row sum): the hand-written gradient of the two maxima, on matrices whose
+    rows and columns tie (a permutation-symmetric block, as softmax kernels with equal rows give)."""
+    from modeling_vix.nystrom_vix import initial_inverse, initial_inverse_backward
+
+    tied = torch.tensor([[0.5, 0.25, 0.25], [0.25, 0.5, 0.25], [0.25, 0.25, 0.5]], dtype=torch.float64)
+    matrix = torch.stack([tied, torch.rand(3, 3, dtype=torch.float64)]).requires_grad_()
+    upstream = torch.randn(2, 3, 3, dtype=torch.float64)
+    (expected,) = torch.autograd.grad(initial_inverse(matrix, per_head), matrix, upstream)
+    torch.testing.assert_close(initial_inverse_backward(matrix.detach(), upstream, per_head), expected)
