@@ -35,6 +35,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import logging
 
 from .configuration_vix import MIXER_CAPABILITIES, MixerCapabilities
+from .favor_vix import favor_attention, favor_features
 from .nystrom_vix import at_least_fp32, iterative_pinv, nystrom_attention, segment_means
 
 
@@ -209,27 +210,20 @@ class PerformerKernel(AttentionKernel):
             self.redraw_projection()
             self.steps_since_redraw.zero_()
 
+    @property
+    def key_stabilizer(self) -> str:
+        return "global" if self.global_key_stabilizer else "head"
+
     def feature_map(self, x: torch.Tensor, is_query: bool) -> torch.Tensor:
-        """phi(x) for x (B, H, N, D) in fp32 -> (B, H, N, M), up to a constant factor.
+        """phi(x) for x (B, H, N, D) in fp32 -> (B, H, N, M), up to a constant factor (`favor_vix.favor_features`).
 
         FAVOR+ is phi(x) = M^-1/2 (exp(w.x - |x|^2 / 2) + eps) with x scaled by D^-1/4 (so that
         phi(q).phi(k) ~ exp(q.k / sqrt(D))). Constant factors cancel between the output and its normaliser,
-        so M^-1/2 is left out, and D^-1/4 is applied to the small (B, H, N, D) input, not to the maps.
+        so M^-1/2 is left out. exp() is stabilised by a per-query constant (cancels in the row normalisation) and,
+        for keys, one constant per head (not per key), which keeps the ratios between keys intact.
         """
-        x = x * self.scaling**0.5  # D^-1/4 for the default scale
-        projected = x @ self.projection_matrix.float().T  # (B, H, N, M)
-        if self.kernel == "relu":
-            return F.relu(projected) + 1e-3
-        # Stabilise exp: any per-query constant cancels in the row normalisation; for keys only one
-        # constant per head (not per key) keeps the ratios between keys intact.
-        if is_query:
-            shift = projected.amax(dim=-1, keepdim=True)
-        elif self.global_key_stabilizer:  # compatibility: one max over the whole batch (performer-pytorch 1.0)
-            shift = projected.amax()
-        else:
-            shift = projected.amax(dim=(-2, -1), keepdim=True)
-        offset = 0.5 * x.square().sum(-1, keepdim=True) + shift.detach()  # (B, H, N, 1): one pass over the maps
-        return torch.exp(projected - offset) + 1e-4
+        stabilize = "row" if is_query else self.key_stabilizer
+        return favor_features(x, self.projection_matrix.to(x.dtype), self.scaling**0.5, self.kernel, stabilize)
 
     def favor_attention(self, query, key, value, return_weights=False):
         """D^-1 phi(Q) (phi(K)^T V) for fp32 (B, H, N, D) inputs, with D = diag(phi(Q) phi(K)^T 1).
@@ -256,16 +250,15 @@ class PerformerKernel(AttentionKernel):
             )
         input_dtype = value.dtype
         with torch.autocast(device_type=value.device.type, enabled=False):
-            query, key, value = query.float(), key.float(), value.float()
+            query, key, value = at_least_fp32(query), at_least_fp32(key), at_least_fp32(value)
             weights = None
             if self.materialize_attention_maps:
                 context, weights = self.favor_attention(query, key, value, return_weights=True)
-            elif torch.is_grad_enabled():
-                # The (B, H, N, M) feature maps and their exp() intermediates are several times the size of
-                # q, k, v: keep only q, k, v for backward and recompute the rest there (cheap next to storing it).
-                context = checkpoint(self.favor_attention, query, key, value, use_reentrant=False)
             else:
-                context = self.favor_attention(query, key, value)
+                # One autograd node that keeps q, k, v and recomputes the (B, H, N, M) feature maps (several times
+                # the size of q, k, v) in backward: favor_vix.py.
+                context = favor_attention(query, key, value, self.projection_matrix.to(query.dtype), self.scaling**0.5,
+                                          self.kernel, self.key_stabilizer)
         context = F.dropout(context.to(input_dtype), p=self.dropout_p, training=self.training)
         return context, weights
 

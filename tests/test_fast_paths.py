@@ -72,22 +72,54 @@ def test_nystrom_node_gives_autograds_gradients_through_the_same_steps():
         torch.testing.assert_close(got, want)
 
 
-def test_recomputed_favor_features_give_the_same_gradients():
-    """Performer's feature maps are recomputed in backward instead of stored: gradients must not change.
-    The eager path stores them (it builds the attention map from them), so it serves as the plain reference."""
+def test_favor_node_gives_the_same_output_and_gradients_as_the_eager_path():
+    """Performer's training node (feature maps recomputed in backward, backward written out) against the eager
+    path, which builds the attention map from stored feature maps through autograd."""
     mixer = build_mixer("sdpa", attention_type="performer").train()
     hidden = torch.randn(2, 65, 32, requires_grad=True)
     inputs = [hidden, *mixer.parameters()]
-    recomputed_output, weights = mixer(hidden)
+    fused_output, weights = mixer(hidden)
     assert weights is None
-    recomputed = torch.autograd.grad(recomputed_output.square().sum(), inputs)
+    fused = torch.autograd.grad(fused_output.square().sum(), inputs)
     mixer.kernel.config._attn_implementation = "eager"
     stored_output, weights = mixer(hidden)
     assert weights is not None
     stored = torch.autograd.grad(stored_output.square().sum(), inputs)
-    torch.testing.assert_close(recomputed_output, stored_output)
-    for got, want in zip(recomputed, stored, strict=True):
+    torch.testing.assert_close(fused_output, stored_output)
+    for got, want in zip(fused, stored, strict=True):
         torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("kernel", ["softmax", "relu"])
+@pytest.mark.parametrize("key_stabilizer", ["head", "global"])
+def test_favor_node_gives_autograds_gradients_through_the_same_ops(kernel, key_stabilizer):
+    """In float64, against autograd through the feature maps and products written plainly. (Finite differences
+    do not apply to the exp kernel: its stabilising shifts are held constant, as in the Performer reference.)"""
+    from modeling_vix.favor_vix import favor_attention, favor_features
+
+    query, key, value = (torch.randn(2, 3, 20, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    projection = torch.randn(12, 8, dtype=torch.float64)
+    query_features = favor_features(query, projection, 0.6, kernel, "row")
+    key_features = favor_features(key, projection, 0.6, kernel, key_stabilizer)
+    numerator = query_features @ (key_features.transpose(-1, -2) @ value)
+    expected = numerator / (query_features @ key_features.sum(-2)[..., None])
+    actual = favor_attention(query, key, value, projection, 0.6, kernel, key_stabilizer)
+    torch.testing.assert_close(actual, expected)
+    upstream = torch.randn_like(expected)
+    for got, want in zip(torch.autograd.grad(actual, (query, key, value), upstream),
+                         torch.autograd.grad(expected, (query, key, value), upstream), strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_favor_node_passes_float64_gradcheck():
+    """The relu kernel has no stabilising shift: its backward against finite differences."""
+    from modeling_vix.favor_vix import favor_attention
+
+    query, key, value = (torch.randn(2, 2, 9, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    projection = torch.randn(6, 4, dtype=torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda q, k, v: favor_attention(q, k, v, projection, 0.7, "relu", "head"), (query, key, value)
+    )
 
 
 def test_fourier_mixing_gradient_equals_autograd_through_complex_fft():

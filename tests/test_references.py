@@ -385,6 +385,27 @@ def test_performer_mixer_matches_performer_pytorch(kernel):
     assert_close(from_map, expected, 1e-5, f"performer {kernel}, its map applied to V")
 
 
+@pytest.mark.parametrize("kernel", ["softmax", "relu"])
+def test_performer_gradients_match_performer_pytorch(kernel):
+    """ViX's FAVOR+ node has a hand-written backward: the gradients for q, k and v must be autograd's through
+    performer-pytorch's FastAttention with the same projection matrix."""
+    from performer_pytorch import FastAttention
+
+    config = tiny_config(attention_type="performer", performer_kernel=kernel)
+    mixer = build_mixer(config).double().train()
+    mixer.kernel.redraw_projection()
+    options = dict(generalized_attention=True, kernel_fn=nn.ReLU()) if kernel == "relu" else {}
+    reference = FastAttention(mixer.head_dim, mixer.kernel.num_features, **options).double()
+    reference.projection_matrix.copy_(mixer.kernel.projection_matrix)
+    query, key, value = (torch.randn(2, 4, 65, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    upstream = torch.randn(2, 4, 65, 8, dtype=torch.float64)
+    expected = torch.autograd.grad(reference(query, key, value), (query, key, value), upstream)
+    context, _ = mixer.kernel(query, key, value)
+    actual = torch.autograd.grad(context, (query, key, value), upstream)
+    for name, got, want in zip("qkv", actual, expected, strict=True):
+        assert_close(got, want, 1e-9 * max(1.0, want.abs().max().item()), f"performer {kernel}: d/d {name}")
+
+
 def favor_map(mixer: VixAttention, query, key):
     """FAVOR+'s estimate of the (B, H, N, N) softmax attention map, from the mixer's own feature map."""
     features = mixer.kernel.feature_map
