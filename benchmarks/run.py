@@ -67,6 +67,7 @@ class RunArguments:
     batch_size: int = 16
     steps: int = 5
     warmup_steps: int = 2
+    repeats: int = field(default=1, metadata={"help": "paper suite: interleaved rounds over the models (median)"})
     scaling_tokens_budget: int = 16 * 1025 * 2
     name: str = field(default="", metadata={"help": "results file name (default: <device>_<dtype>)"})
     timeout_s: int = 1200
@@ -113,11 +114,23 @@ def log(result: dict) -> None:
 
 
 def paper_suite(args: RunArguments) -> list[dict]:
+    """Every model in its own process, in `repeats` interleaved rounds: a shared VM's speed drifts over minutes,
+    and interleaving spreads the drift over all models alike. A model's row is its round with the median step
+    time; the rounds' step times are kept beside it."""
+    rounds = {model: [] for model in args.models}
+    for _ in range(args.repeats):
+        for model in args.models:
+            result = measure_in_subprocess(model, args, 32, args.batch_size)
+            log(result)
+            rounds[model].append(result)
     results = []
-    for model in args.models:
-        result = measure_in_subprocess(model, args, 32, args.batch_size)
-        log(result)
-        results.append(result)
+    for model, measured in rounds.items():
+        timed = sorted((r for r in measured if "step_time_s" in r), key=lambda r: r["step_time_s"])
+        if not timed:
+            results.append(measured[-1])
+            continue
+        results.append({**timed[(len(timed) - 1) // 2], "round_step_times_s": [r["step_time_s"] for r in measured
+                                                                                if "step_time_s" in r]})
     return results
 
 

@@ -58,7 +58,7 @@ class StepArguments:
     steps: int = 8
     repeats: int = field(default=1, metadata={
         "help": "rounds over every recipe and path, each path in a fresh process every round; a row reports the "
-                "median of its rounds and their range (a shared 2-core VM drifts by 10-20% between processes)"})
+                "median of its rounds and their range (a shared 2-core VM drifts by 10-20 percent between processes)"})
     name: str = "training_step"
     compare_commit: str = field(default="", metadata={
         "help": "also measure every recipe and path with the code of this git commit (checked out in a temporary "

@@ -35,15 +35,19 @@ def favor_features(x: torch.Tensor, projection: torch.Tensor, input_scale: float
     else:
         shift = projected.amax(dim=(-2, -1), keepdim=True)
     offset = 0.5 * scaled.square().sum(-1, keepdim=True) + shift.detach()  # (B, H, N, 1): one pass over the maps
-    return torch.exp(projected - offset) + EXP_EPSILON
+    exponent = projected.sub_(offset)  # in place: each (B, H, N, M) map made here is one more at the peak
+    if torch.is_grad_enabled() and exponent.requires_grad:
+        return torch.exp(exponent) + EXP_EPSILON  # autograd keeps exp's output: no in-place add on it
+    return exponent.exp_().add_(EXP_EPSILON)
 
 
 def favor_features_backward(x, features, grad_features, projection, input_scale: float, kernel: str):
-    """d loss / d x for `favor_features` (the shift held constant), from the features it returned."""
+    """d loss / d x for `favor_features` (the shift held constant), from the features it returned. Overwrites
+    `features` and `grad_features` (no further (B, H, N, M) map at the peak)."""
     if kernel == "relu":
-        grad_projected = grad_features * (features > RELU_EPSILON)
+        grad_projected = grad_features.mul_(features > RELU_EPSILON)
         return (grad_projected @ projection) * input_scale
-    grad_exponent = grad_features * (features - EXP_EPSILON)  # d exp(u) = exp(u) du
+    grad_exponent = grad_features.mul_(features.sub_(EXP_EPSILON))  # d exp(u) = exp(u) du
     # u = x' w^T - |x'|^2 / 2:  d x' = du w - sum(du) x'
     grad_scaled = grad_exponent @ projection - grad_exponent.sum(-1, keepdim=True) * (x * input_scale)
     return grad_scaled * input_scale
@@ -68,20 +72,22 @@ class FavorAttentionFunction(torch.autograd.Function):
     def backward(ctx, grad_context):
         query, key, value, projection, key_value, normaliser = ctx.saved_tensors
         input_scale, kernel, key_stabilizer = ctx.options
+        # The query side first, then the key side: two (B, H, N, M) maps alive at a time, not four.
         query_features = favor_features(query, projection, input_scale, kernel, "row")  # recomputed
-        key_features = favor_features(key, projection, input_scale, kernel, key_stabilizer)
         # context = numerator / normaliser, both columns of query_features @ key_value
         numerator = query_features @ key_value[..., :-1]  # (B, H, N, Dv), recomputed
         grad_numerator = grad_context / normaliser
         grad_normaliser = -(grad_numerator * numerator).sum(-1, keepdim=True) / normaliser
         grad_product = torch.cat([grad_numerator, grad_normaliser], dim=-1)  # (B, H, N, Dv + 1)
-        grad_query_features = grad_product @ key_value.transpose(-1, -2)  # (B, H, N, M)
         grad_key_value = query_features.transpose(-1, -2) @ grad_product  # (B, H, M, Dv + 1)
-        # key_value = key_features^T [V, 1]
-        grad_key_features = F.pad(value, (0, 1), value=1.0) @ grad_key_value.transpose(-1, -2)  # (B, H, N, M)
-        grad_value = key_features @ grad_key_value[..., :-1]  # (B, H, N, Dv)
+        grad_query_features = grad_product @ key_value.transpose(-1, -2)  # (B, H, N, M)
         grad_query = favor_features_backward(query, query_features, grad_query_features, projection, input_scale,
                                              kernel)
+        del query_features, grad_query_features
+        # key_value = key_features^T [V, 1]
+        key_features = favor_features(key, projection, input_scale, kernel, key_stabilizer)  # recomputed
+        grad_value = key_features @ grad_key_value[..., :-1]  # (B, H, N, Dv)
+        grad_key_features = F.pad(value, (0, 1), value=1.0) @ grad_key_value.transpose(-1, -2)  # (B, H, N, M)
         grad_key = favor_features_backward(key, key_features, grad_key_features, projection, input_scale, kernel)
         return grad_query, grad_key, grad_value, None, None, None, None
 

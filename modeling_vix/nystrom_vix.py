@@ -1,14 +1,14 @@
-"""Nystromformer's math as plain tensor functions, and its fused training path.
+"""Nystromformer's math as plain tensor functions, and its training path as one autograd node.
 
     out = softmax(Q K~^T s) pinv(softmax(Q~ K~^T s)) softmax(Q~ K^T s) V      (Q~, K~: m landmarks)
 
-`nystrom_attention` computes it as one autograd node (`NystromAttentionFunction`) that keeps only q, k, v and a few
-m-sized tensors for backward and recomputes the two N x m softmax maps there, as flash attention does for its
-scores. Its backward is written out by hand (the softmax and matmul rules, and the Moore-Penrose iteration
-differentiated step by step, so the gradients are those of autograd through the same iteration, not of an exact
-inverse). Against autograd through the same ops this saves the N-sized tensors the two attentions would store and
-about half the small ops of the m x m iteration (which dominate at a few dozen tokens).
-"""
+`nystrom_attention` computes it as one autograd node (`NystromAttentionFunction`) that keeps q, k, v and a few
+m-sized tensors (landmarks, landmark values, log-sum-exps) for backward and recomputes the rest there (the N-sized
+attention output, the m x m kernel and every step of its pseudo-inverse), as flash attention does for its scores.
+Its backward is written out (the attention and matmul rules, and the Moore-Penrose iteration differentiated step
+by step, so the gradients are those of autograd through the same iteration, not of an exact inverse). Against
+autograd through the same ops this saves the N-sized tensors the two attentions would store and about half the
+small ops of the m x m iteration (which dominate at a few dozen tokens)."""
 
 import torch
 import torch.nn.functional as F

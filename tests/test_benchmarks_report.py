@@ -215,3 +215,41 @@ def test_the_measuring_process_runs_attention_under_the_backend_it_is_given(monk
     result = measure.measure(measure.MeasureArguments(model="vix-softmax", image_size=8, batch_size=2, steps=1,
                                                       warmup_steps=0, measure_inference=False, sdpa_backend="math"))
     assert entered == ["math"] and result["sdpa_backend"] == "math"
+
+
+def crossover_results(steps: dict, memory: dict) -> list[dict]:
+    """Results as benchmarks.crossover records them: {(model, tokens): step seconds}, {(model, tokens): MB}."""
+    return [{"model": model, "tokens": tokens, "batch_size": 1, "step_time_s": seconds,
+             "peak_memory_mb": memory[model, tokens]} for (model, tokens), seconds in steps.items()]
+
+
+def test_crossover_ratios_are_against_sdpa_at_the_same_token_count_and_the_crossover_must_hold_above():
+    from benchmarks import crossover
+
+    steps = {("hf-vit-sdpa", 65): 1.0, ("vix-nystrom", 65): 2.0,
+             ("hf-vit-sdpa", 257): 1.0, ("vix-nystrom", 257): 0.8,  # faster here ...
+             ("hf-vit-sdpa", 1025): 1.0, ("vix-nystrom", 1025): 1.25,  # ... but not here: no crossover at 257
+             ("hf-vit-sdpa", 4097): 4.0, ("vix-nystrom", 4097): 1.0}
+    memory = {key: 100.0 for key in steps} | {("vix-nystrom", 4097): 150.0}
+    rows = crossover.ratios(crossover_results(steps, memory))
+    by_tokens = {row["tokens"]: row for row in rows}
+    assert set(by_tokens) == {65, 257, 1025, 4097}  # one row per mixer and size, the baseline is the peer
+    assert by_tokens[4097]["speedup"] == 4.0 and by_tokens[4097]["memory_ratio"] == 1.5
+    assert crossover.crossover_tokens(rows, "vix-nystrom", "speedup", lambda x: x > 1.0) == 4097
+    assert crossover.crossover_tokens(rows, "vix-nystrom", "memory_ratio", lambda x: x <= 1.0) is None
+
+
+def test_crossover_markdown_names_the_mode_and_the_first_paying_size():
+    from benchmarks import crossover
+
+    steps = {("hf-vit-sdpa", 1025): 1.0, ("vix-performer", 1025): 0.5}
+    rows = crossover.ratios(crossover_results(steps, {key: 100.0 for key in steps}))
+    report = {"machine": {"cpu": "Some CPU", "cores": 2, "cpu_capability": "AVX512", "torch": "2.13"},
+              "command": "python -m benchmarks.crossover --compile true",
+              "settings": {"compile": True, "dtype": "fp32", "tokens_per_batch": 16400},
+              "results": crossover_results(steps, {key: 100.0 for key in steps}), "ratios": rows,
+              "crossover": {"vix-performer": {"faster_from_tokens": 1025, "no_more_memory_from_tokens": 1025}}}
+    text = crossover.markdown(report)
+    assert "fp32, compiled" in text
+    assert "| vix-performer | 1,025 | 1 | 0.500 | 1.000 | 2.00x |" in text
+    assert "| vix-performer | 1,025 tokens | 1,025 tokens |" in text
