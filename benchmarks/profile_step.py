@@ -101,6 +101,20 @@ def mark_mixers(model: torch.nn.Module, hidden_size: int, state: dict) -> None:
         kernel = getattr(mixer, "kernel", None)  # ViX's attention kernel, beside the module's projections
         if hasattr(kernel, "pseudo_inverse"):  # ViX Nystrom's m x m pinv iteration: its cost does not depend on N
             kernel.pseudo_inverse = in_range(kernel.pseudo_inverse, PINV)
+            mark_nystrom_pinv_steps()
+
+
+def mark_nystrom_pinv_steps() -> None:
+    """ViX Nystrom's training node runs its pinv iteration (forward, recompute, backward) through these two
+    functions of `nystrom_vix` (looked up at call time, so wrapping the module's names reaches them)."""
+    from modeling_vix import nystrom_vix
+
+    for name in ("pinv_steps", "pinv_backward"):
+        function = getattr(nystrom_vix, name)
+        if not getattr(function, "marked_as_pinv", False):
+            wrapped = in_range(function, PINV)
+            wrapped.marked_as_pinv = True
+            setattr(nystrom_vix, name, wrapped)
 
 
 def train_step(model, optimizer, pixels, labels, autocast) -> None:
