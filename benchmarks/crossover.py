@@ -18,8 +18,15 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from benchmarks.run import RESULTS_DIR, RunArguments, describe_machine, log, machine_summary, measure_in_subprocess
-from benchmarks.run import save_report
+from benchmarks.run import (
+    RESULTS_DIR,
+    RunArguments,
+    describe_machine,
+    log,
+    machine_summary,
+    measure_in_subprocess,
+    save_report,
+)
 
 
 IMAGE_SIZES = (8, 16, 32, 64, 128)  # patch 1: 65, 257, 1025, 4097, 16385 tokens
@@ -92,7 +99,8 @@ def markdown(report: dict) -> str:
         "peak RSS above the import baseline). Speed-up: SDPA's step / the X-former's; memory: the X-former's peak / "
         "SDPA's (below 1: smaller).",
         "",
-        "| mixer | tokens | batch | step (s) | SDPA step (s) | speed-up vs SDPA | peak MB | SDPA peak MB | memory vs SDPA |",
+        "| mixer | tokens | batch | step (s) | SDPA step (s) | speed-up vs SDPA | peak MB | SDPA peak MB "
+        "| memory vs SDPA |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:

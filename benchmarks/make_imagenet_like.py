@@ -24,7 +24,8 @@ from transformers import HfArgumentParser
 @dataclass
 class MakeArguments:
     output_dir: Path = field(metadata={"help": "Folder to write (must not exist)."})
-    num_images: int = field(default=20_000, metadata={"help": "Training images; validation and test get 5 percent each."})
+    num_images: int = field(default=20_000,
+                            metadata={"help": "Training images; validation and test get 5 percent each."})
     num_classes: int = 100
     image_size: int = 256
     images_per_shard: int = 500

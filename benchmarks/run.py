@@ -124,7 +124,7 @@ def paper_suite(args: RunArguments) -> list[dict]:
             log(result)
             rounds[model].append(result)
     results = []
-    for model, measured in rounds.items():
+    for measured in rounds.values():
         timed = sorted((r for r in measured if "step_time_s" in r), key=lambda r: r["step_time_s"])
         if not timed:
             results.append(measured[-1])

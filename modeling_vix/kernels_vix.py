@@ -477,7 +477,9 @@ class NystromKernel(AttentionKernel):
         # Both N-sized softmax products are attentions: fused by scaled_dot_product_attention.
         if attention_bias is not None:
             left_bias, right_bias = left_bias.to(input_dtype), right_bias.to(input_dtype)
-        landmark_context = F.scaled_dot_product_attention(query_landmarks, key, value, attn_mask=right_bias, scale=self.scaling)
+        landmark_context = F.scaled_dot_product_attention(
+            query_landmarks, key, value, attn_mask=right_bias, scale=self.scaling
+        )
         landmark_context = (kernel_pinv @ at_least_fp32(landmark_context)).to(input_dtype)  # (B, H, m, Dv)
         context = F.scaled_dot_product_attention(
             query, key_landmarks, landmark_context, attn_mask=left_bias, scale=self.scaling

@@ -241,12 +241,14 @@ class NystromAttentionFunction(torch.autograd.Function):
             grad_mixed = at_least_fp32(grad_mixed)
             grad_pinv = grad_mixed @ at_least_fp32(landmark_values).transpose(-1, -2)  # (B, H, m, m)
             grad_landmark_values = (kernel_pinv.transpose(-1, -2) @ grad_mixed).to(dtype)  # (B, H, m, Dv)
-            grad_kernel = pinv_backward(kernel.flatten(0, 1), grad_pinv.flatten(0, 1), pinv_steps_taken, per_matrix_scale)
+            grad_kernel = pinv_backward(
+                kernel.flatten(0, 1), grad_pinv.flatten(0, 1), pinv_steps_taken, per_matrix_scale
+            )
             # kernel = softmax(Q~ K~^T s)
             grad_kernel_logits = softmax_backward(grad_kernel.view_as(kernel), kernel) * scaling  # (B, H, m, m)
             grad_query_landmarks = grad_kernel_logits @ at_least_fp32(key_landmarks)
-            grad_key_landmarks = (
-                at_least_fp32(grad_key_landmarks) + grad_kernel_logits.transpose(-1, -2) @ at_least_fp32(query_landmarks)
+            grad_key_landmarks = at_least_fp32(grad_key_landmarks) + (
+                grad_kernel_logits.transpose(-1, -2) @ at_least_fp32(query_landmarks)
             )
             # landmark_values = softmax(Q~ k^T s) v
             grad_right_query, grad_key, grad_value = softmax_attention_backward(

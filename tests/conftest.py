@@ -21,7 +21,8 @@ IMPLEMENTATIONS = {**ATTENTION_KERNELS, **TOKEN_MIXERS}
 # The modeling files every backbone's saved folder carries for trust_remote_code (imported by each modeling file),
 # beside its own configuration_vix_<name>.py and modeling_vix_<name>.py (the ViT's: configuration_vix.py,
 # modeling_vix.py).
-SHARED_MODELING_FILES = ("configuration_vix.py", "kernels_vix.py", "nystrom_vix.py", "favor_vix.py", "attention_vix.py", "mixers_vix.py", "layers_vix.py",
+SHARED_MODELING_FILES = ("configuration_vix.py", "kernels_vix.py", "nystrom_vix.py", "favor_vix.py", "attention_vix.py",
+                         "mixers_vix.py", "layers_vix.py",
                          "pretrained_vix.py", "embeddings_vix.py", "image_processing_vix.py")
 CIFAR10_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 
