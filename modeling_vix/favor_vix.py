@@ -53,6 +53,16 @@ def favor_features_backward(x, features, grad_features, projection, input_scale:
     return grad_scaled * input_scale
 
 
+def favor_context(query_features, key_features, value):
+    """D^-1 phi(Q) (phi(K)^T [V, 1]) from the feature maps -> (context (B, H, N, Dv), key_value (B, H, M, Dv + 1),
+    normaliser (B, H, N, 1)). The column of ones makes the normaliser the last column of the same two GEMMs."""
+    value_and_ones = F.pad(value, (0, 1), value=1.0)  # (B, H, N, Dv + 1)
+    key_value = key_features.transpose(-1, -2) @ value_and_ones  # (B, H, M, Dv + 1)
+    context_and_normaliser = query_features @ key_value  # (B, H, N, Dv + 1)
+    normaliser = context_and_normaliser[..., -1:]
+    return context_and_normaliser[..., :-1] / normaliser, key_value, normaliser
+
+
 class FavorAttentionFunction(torch.autograd.Function):
     """D^-1 phi(Q) (phi(K)^T [V, 1]) for (B, H, N, D) inputs of one float dtype, as one autograd node."""
 
@@ -60,13 +70,10 @@ class FavorAttentionFunction(torch.autograd.Function):
     def forward(ctx, query, key, value, projection, input_scale: float, kernel: str, key_stabilizer: str):
         query_features = favor_features(query, projection, input_scale, kernel, "row")  # (B, H, N, M)
         key_features = favor_features(key, projection, input_scale, kernel, key_stabilizer)
-        value_and_ones = F.pad(value, (0, 1), value=1.0)  # (B, H, N, Dv + 1): the normaliser as a last column
-        key_value = key_features.transpose(-1, -2) @ value_and_ones  # (B, H, M, Dv + 1)
-        context_and_normaliser = query_features @ key_value  # (B, H, N, Dv + 1)
-        normaliser = context_and_normaliser[..., -1:]
+        context, key_value, normaliser = favor_context(query_features, key_features, value)
         ctx.save_for_backward(query, key, value, projection, key_value, normaliser)
         ctx.options = (input_scale, kernel, key_stabilizer)
-        return context_and_normaliser[..., :-1] / normaliser  # (B, H, N, Dv)
+        return context  # (B, H, N, Dv)
 
     @staticmethod
     def backward(ctx, grad_context):
@@ -97,4 +104,4 @@ def favor_attention(query, key, value, projection, input_scale: float, kernel: s
     return FavorAttentionFunction.apply(query, key, value, projection, input_scale, kernel, key_stabilizer)
 
 
-__all__ = ["favor_attention", "favor_features"]
+__all__ = ["favor_attention", "favor_context", "favor_features"]

@@ -35,7 +35,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import logging
 
 from .configuration_vix import MIXER_CAPABILITIES, MixerCapabilities
-from .favor_vix import favor_attention, favor_features
+from .favor_vix import favor_attention, favor_context, favor_features
 from .nystrom_vix import at_least_fp32, iterative_pinv, nystrom_attention, segment_means
 
 
@@ -225,20 +225,11 @@ class PerformerKernel(AttentionKernel):
         stabilize = "row" if is_query else self.key_stabilizer
         return favor_features(x, self.projection_matrix.to(x.dtype), self.scaling**0.5, self.kernel, stabilize)
 
-    def favor_attention(self, query, key, value, return_weights=False):
-        """D^-1 phi(Q) (phi(K)^T V) for fp32 (B, H, N, D) inputs, with D = diag(phi(Q) phi(K)^T 1).
-
-        A column of ones appended to V makes the normaliser the last column of the same two GEMMs.
-        """
+    def favor_attention_with_map(self, query, key, value):
+        """FAVOR+ through autograd for fp32 (B, H, N, D) inputs, with its implicit (B, H, N, N) map (eager)."""
         query_features = self.feature_map(query, is_query=True)  # (B, H, N, M)
         key_features = self.feature_map(key, is_query=False)  # (B, H, N, M)
-        value_and_ones = F.pad(value, (0, 1), value=1.0)  # (B, H, N, D + 1)
-        key_value = key_features.transpose(-1, -2) @ value_and_ones  # (B, H, M, D + 1)
-        context_and_normaliser = query_features @ key_value  # (B, H, N, D + 1)
-        normaliser = context_and_normaliser[..., -1:]
-        context = context_and_normaliser[..., :-1] / normaliser  # (B, H, N, D)
-        if not return_weights:
-            return context
+        context, _, normaliser = favor_context(query_features, key_features, value)
         return context, (query_features @ key_features.transpose(-1, -2)) / normaliser  # (B, H, N, N)
 
     def forward(self, query, key, value, attention_bias=None, **kwargs):
@@ -253,7 +244,7 @@ class PerformerKernel(AttentionKernel):
             query, key, value = at_least_fp32(query), at_least_fp32(key), at_least_fp32(value)
             weights = None
             if self.materialize_attention_maps:
-                context, weights = self.favor_attention(query, key, value, return_weights=True)
+                context, weights = self.favor_attention_with_map(query, key, value)
             else:
                 # One autograd node that keeps q, k, v and recomputes the (B, H, N, M) feature maps (several times
                 # the size of q, k, v) in backward: favor_vix.py.
