@@ -402,6 +402,7 @@ def protocol(metrics: dict, recipe: dict) -> str:
 
 
 RESULT_ROWS = (("test top-1 accuracy", "test_accuracy", pct), ("test top-5 accuracy", "test_top5_accuracy", pct),
+               ("test top-1 accuracy, each image averaged with its mirror image", "test_flip_accuracy", pct),
                ("best validation top-1 accuracy", "best_validation_accuracy", pct),
                ("test loss", "test_loss", lambda value: f"{value:.4f}"))
 

@@ -445,6 +445,53 @@ def test_results_script_on_a_tiny_recipe(tmp_path):
     assert again[0]["test_accuracy"] == rows[0]["test_accuracy"]
 
 
+def test_time_to_accuracy_reads_the_first_evaluation_at_each_threshold_and_adds_only_reached_columns():
+    from training import results
+
+    curve = [{"minutes": 2.0, "accuracy": 0.79}, {"minutes": 4.0, "accuracy": 0.851},
+             {"minutes": 6.0, "accuracy": 0.84}, {"minutes": 8.0, "accuracy": 0.86}]
+    assert results.minutes_to_accuracy(curve, 0.85) == 4.0  # the first reach, not the last or the best
+    assert results.minutes_to_accuracy(curve, 0.79) == 2.0  # reached exactly
+    assert results.minutes_to_accuracy(curve, 0.87) is None and results.minutes_to_accuracy(None, 0.5) is None
+    rows = [{"recipe": "a", "test_accuracy": 0.86, "validation_curve": curve},
+            {"recipe": "b", "test_accuracy": 0.80, "test_flip_accuracy": 0.81}]  # no curve: an older row
+    results.add_time_to_accuracy(rows, (0.80, 0.85, 0.87))
+    assert (rows[0]["minutes_to_80"], rows[0]["minutes_to_85"], rows[0]["minutes_to_87"]) == (4.0, 4.0, None)
+    assert rows[1]["minutes_to_80"] is None
+    header, _, first, second = results.markdown_table(rows, (0.80, 0.85, 0.87)).splitlines()
+    names = [cell.strip() for cell in header.strip("|").split("|")]
+    # the flip column when a row has it, 80% and 85% reached by some run, 87% by none: no column
+    assert names[4:8] == ["test top-5", "test top-1 flip-avg", "val 80% at", "val 85% at"]
+    assert "val 87% at" not in names and len(first.split("|")) == len(header.split("|"))
+    assert "| 4.0 min | 4.0 min |" in first and "| 81.00% | – | – |" in second
+    assert "flip-avg" not in results.markdown_table(rows[:1])  # no row has it, no thresholds asked: neither
+
+
+def test_flip_averaged_test_accuracy_is_the_softmax_mean_over_each_test_image_and_its_mirror(tmp_path):
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    metrics = main(["--output_dir", str(tmp_path / "run"), "--max_train_samples", "64", "--max_steps", "3",
+                    "--precision", "fp32", "--test_flip_average", "true", *TINY])
+    final = tmp_path / "run" / "final"
+    saved = json.loads((final / "metrics.json").read_text())
+    assert saved["test_flip_accuracy"] == pytest.approx(metrics["test_flip_accuracy"])
+    # recomputed outside the Trainer from the saved model and the test split
+    splits, _ = load_splits(DataArguments(), seed=0)
+    test = splits["test"]
+    processor = AutoImageProcessor.from_pretrained(final)
+    model = AutoModelForImageClassification.from_pretrained(final).eval()
+    pixels = processor([image.convert("RGB") for image in test["image"]], return_tensors="pt")["pixel_values"]
+    labels = torch.tensor(test["label"])
+    with torch.no_grad():
+        logits, mirrored = model(pixels).logits, model(pixels.flip(-1)).logits
+    assert saved["test_accuracy"] == pytest.approx((logits.argmax(-1) == labels).float().mean().item())
+    averaged = (logits.softmax(-1) + mirrored.softmax(-1)).argmax(-1)
+    assert saved["test_flip_accuracy"] == pytest.approx((averaged == labels).float().mean().item())
+    assert not (averaged == logits.argmax(-1)).all()  # the mirror changed some prediction: the average is not a copy
+    assert "averaged with its mirror image" in (final / "README.md").read_text()
+    assert "test_flip_average: true" in (final / "recipe.yaml").read_text()
+
+
 def test_lora_fine_tune_trains_the_adapter_and_writes_a_merged_model_and_the_adapter(tmp_path, capsys):
     pytest.importorskip("peft")
     base = tmp_path / "base"

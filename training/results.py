@@ -46,6 +46,37 @@ COLUMNS = (
 )
 
 
+# Optional columns, shown only when some row has a value: the flip-averaged test accuracy (train.py's
+# --test_flip_average), and the minutes to first reach each validation accuracy of --time_to_accuracy.
+FLIP_COLUMN = ("test top-1 flip-avg", "test_flip_accuracy", lambda v: f"{100 * v:.2f}%")
+TIME_TO_ACCURACY = (0.80, 0.85, 0.87)
+
+
+def minutes_to_accuracy(curve, threshold: float) -> float | None:
+    """Training minutes at the first evaluation whose validation accuracy reaches `threshold` (None if none does)."""
+    return next((point["minutes"] for point in curve or () if point["accuracy"] >= threshold), None)
+
+
+def time_to_accuracy_key(threshold: float) -> str:
+    return f"minutes_to_{round(100 * threshold, 1):g}"
+
+
+def add_time_to_accuracy(rows, thresholds) -> None:
+    """Each row's minutes to each threshold, read from its validation curve (None where not reached)."""
+    for row in rows:
+        for threshold in thresholds:
+            row[time_to_accuracy_key(threshold)] = minutes_to_accuracy(row.get("validation_curve"), threshold)
+
+
+def table_columns(rows, thresholds=()) -> tuple:
+    """COLUMNS, with the optional ones that some row fills in after the test top-5 column."""
+    optional = [FLIP_COLUMN] + [(f"val {round(100 * t, 1):g}% at", time_to_accuracy_key(t), lambda v: f"{v:.1f} min")
+                                for t in thresholds]
+    shown = tuple(column for column in optional if any(row.get(column[1]) is not None for row in rows))
+    split = [key for _, key, _ in COLUMNS].index("test_top5_accuracy") + 1
+    return COLUMNS[:split] + shown + COLUMNS[split:]
+
+
 def repo_relative(path: Path) -> Path:
     """Inside the repository, a path relative to its root (recipes and results then carry no local paths)."""
     path = path.resolve()
@@ -74,10 +105,11 @@ def run_recipe(recipe: Path, run_dir: Path, extra_args, skip_existing: bool) -> 
             "model_type": config["model_type"], "attention_type": config["attention_type"], "seed": seed, **metrics}
 
 
-def markdown_table(rows) -> str:
-    lines = ["| " + " | ".join(name for name, _, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+def markdown_table(rows, thresholds=()) -> str:
+    columns = table_columns(rows, thresholds)
+    lines = ["| " + " | ".join(name for name, _, _ in columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        cells = [fmt(row[key]) if row.get(key) is not None else "–" for _, key, fmt in COLUMNS]
+        cells = [fmt(row[key]) if row.get(key) is not None else "–" for _, key, fmt in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -156,7 +188,13 @@ def main(argv=None):
     parser.add_argument("--skip_existing", action="store_true", help="reuse runs that already wrote metrics.json")
     parser.add_argument("--append_to", type=Path, default=None,
                         help="an existing results.json: add these rows to it (same-recipe rows are replaced)")
+    parser.add_argument("--time_to_accuracy", type=float, nargs="*", default=list(TIME_TO_ACCURACY),
+                        metavar="FRACTION",
+                        help="validation accuracies (fractions) whose first-reached training minutes get a column "
+                             "where some run reaches them (default: 0.80 0.85 0.87; none: no such columns)")
     args = parser.parse_args(argv)
+    if any(not 0 < threshold <= 1 for threshold in args.time_to_accuracy):
+        parser.error("--time_to_accuracy takes accuracies as fractions in (0, 1], e.g. 0.85")
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
     if args.append_to is not None and not args.append_to.is_file():
@@ -172,12 +210,14 @@ def main(argv=None):
         kept = [row for row in json.loads(json_path.read_text()) if row["recipe"] not in new_recipes]
         commands = previous_commands(json_path.with_suffix(".md")) + commands
         rows = sorted(kept + rows, key=lambda row: -row.get("test_accuracy", 0))
+    add_time_to_accuracy(rows, args.time_to_accuracy)
     json_path.write_text(json.dumps(rows, indent=2, default=str))
     header = "\n".join(f"Command (from the repository root): `{line}`" for line in commands)
-    json_path.with_suffix(".md").write_text(header + "\n\n" + markdown_table(rows) + curve_notes(rows))
+    table = markdown_table(rows, args.time_to_accuracy)
+    json_path.with_suffix(".md").write_text(header + "\n\n" + table + curve_notes(rows))
     plot(rows, json_path.with_suffix(".png"))
     curves = plot_curves(rows, json_path.with_name(json_path.stem + "_curves.png"))
-    print(markdown_table(rows))
+    print(table)
     print(f"wrote {json_path} and its .md and .png" + (" and _curves.png" if curves else ""))
     return rows
 

@@ -119,6 +119,10 @@ class JobArguments:
     channels_last: bool = field(default=False, metadata={
         "help": "Keep conv weights and activations channels-last (NHWC): oneDNN's convolutions and pooling run "
                 "faster so on CPUs (benchmarks/results/training_step.md)."})
+    test_flip_average: bool = field(default=False, metadata={
+        "help": "Also score the test split with each image and its mirror image averaged (softmax mean): "
+                "metrics.json's test_flip_accuracy, beside the single-view test_accuracy. Only for data whose "
+                "labels survive a horizontal flip (photos, not digits or text)."})
     sdpa_backend: str = field(default="default", metadata={
         "help": "default: torch picks the fused attention kernel; math: attention as matmul + softmax, much faster "
                 "to train on CPUs for short sequences (the fused CPU kernel's backward dominated a 64-token step).",
@@ -305,17 +309,52 @@ def make_compute_metrics(metric, k: int = TOP_K):
 
 
 class EvaluatedCount:
-    """How many samples the last evaluation scored (a stream's split size is known once it has been read)."""
+    """How many samples the last evaluation scored (a stream's split size is known once it has been read), and,
+    with `keep_logits`, its logits and labels (the single view that --test_flip_average averages with)."""
 
-    def __init__(self):
+    def __init__(self, keep_logits: bool = False):
         self.count = None
+        self.keep_logits = keep_logits
+        self.logits = self.labels = None
 
     def wrap(self, compute_metrics):
         def counted(eval_prediction):
             self.count = len(eval_prediction.label_ids)
+            if self.keep_logits:
+                logits = eval_prediction.predictions
+                self.logits = logits[0] if isinstance(logits, tuple) else logits
+                self.labels = eval_prediction.label_ids
             return compute_metrics(eval_prediction)
 
         return counted
+
+
+class MirroredImages:
+    """A collator whose batches hold the mirror images (width flipped) of what `collator` gives."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def __call__(self, features):
+        batch = self.collator(features)
+        batch["pixel_values"] = batch["pixel_values"].flip(-1)  # (B, C, H, W): W reversed
+        return batch
+
+
+def flip_averaged_accuracy(trainer: Trainer, test_split, logits, labels) -> float:
+    """Top-1 accuracy of the softmax mean over each test image (`logits`, from the single-view evaluation) and its
+    mirror image, predicted here. The same rows in the same order: the test split is read unshuffled."""
+    collator = trainer.data_collator
+    trainer.data_collator = MirroredImages(collator)
+    try:
+        mirrored = trainer.predict(test_split, metric_key_prefix="test_flip")
+    finally:
+        trainer.data_collator = collator
+    mirrored_logits = mirrored.predictions[0] if isinstance(mirrored.predictions, tuple) else mirrored.predictions
+    if mirrored_logits.shape != logits.shape or not (mirrored.label_ids == labels).all():
+        raise RuntimeError("the mirrored test pass did not see the rows of the single-view one")
+    probabilities = torch.tensor(logits).float().softmax(-1) + torch.tensor(mirrored_logits).float().softmax(-1)
+    return (probabilities.argmax(-1) == torch.tensor(labels)).float().mean().item()
 
 
 class EpochCallback(TrainerCallback):
@@ -488,7 +527,7 @@ def run(argv=None, callbacks=None):
                                                       augmenter if name == "train" else None, name, skipped))
 
     totals = RunTotals()
-    evaluated = EvaluatedCount()
+    evaluated = EvaluatedCount(keep_logits=job.test_flip_average)
     trainer = Trainer(
         model=model, args=training_args, train_dataset=splits["train"], eval_dataset=splits["validation"],
         data_collator=ReadableImagesCollator(), processing_class=processor,
@@ -506,6 +545,9 @@ def run(argv=None, callbacks=None):
     trainer.save_model(str(final_dir))  # on every rank: Trainer writes from the main process only
     with attention_backend(job.sdpa_backend):
         metrics = trainer.evaluate(splits["test"], metric_key_prefix="test")  # once, with the best validation model
+        if job.test_flip_average:  # beside test_accuracy, never instead of it
+            metrics["test_flip_accuracy"] = flip_averaged_accuracy(trainer, splits["test"], evaluated.logits,
+                                                                   evaluated.labels)
     if data_args.streaming:  # a stream's sizes: the test split as evaluated (the metadata may not have it)
         data_info["split_sizes"]["test"] = evaluated.count
 
