@@ -294,14 +294,17 @@ def load_metric():
 TOP_K = 5
 
 
+def class_logits(predictions):
+    """The logits of a Trainer prediction (the first output when the model returned several)."""
+    return predictions[0] if isinstance(predictions, tuple) else predictions
+
+
 def make_compute_metrics(metric, k: int = TOP_K):
     """Trainer `compute_metrics`: top-1 accuracy, and top-k through the evaluate module where it means something:
     with k classes or fewer every label is among the k highest logits, so top-k is left out."""
 
     def compute_metrics(eval_prediction):
-        logits, labels = eval_prediction.predictions, eval_prediction.label_ids
-        if isinstance(logits, tuple):
-            logits = logits[0]
+        logits, labels = class_logits(eval_prediction.predictions), eval_prediction.label_ids
         result = metric.compute(predictions=logits, references=labels, k=k)
         return result if logits.shape[-1] > k else {"accuracy": result["accuracy"]}
 
@@ -321,8 +324,7 @@ class EvaluatedCount:
         def counted(eval_prediction):
             self.count = len(eval_prediction.label_ids)
             if self.keep_logits:
-                logits = eval_prediction.predictions
-                self.logits = logits[0] if isinstance(logits, tuple) else logits
+                self.logits = class_logits(eval_prediction.predictions)
                 self.labels = eval_prediction.label_ids
             return compute_metrics(eval_prediction)
 
@@ -350,7 +352,7 @@ def flip_averaged_accuracy(trainer: Trainer, test_split, logits, labels) -> floa
         mirrored = trainer.predict(test_split, metric_key_prefix="test_flip")
     finally:
         trainer.data_collator = collator
-    mirrored_logits = mirrored.predictions[0] if isinstance(mirrored.predictions, tuple) else mirrored.predictions
+    mirrored_logits = class_logits(mirrored.predictions)
     if mirrored_logits.shape != logits.shape or not (mirrored.label_ids == labels).all():
         raise RuntimeError("the mirrored test pass did not see the rows of the single-view one")
     probabilities = torch.tensor(logits).float().softmax(-1) + torch.tensor(mirrored_logits).float().softmax(-1)
