@@ -123,6 +123,24 @@ def test_resume_after_a_kill_during_a_save_matches_uninterrupted_and_reports_the
     assert again["train_runtime"] >= checkpoint_totals(tmp_path / "full" / "checkpoint-12")["train_seconds"] > 0
 
 
+def test_muon_trains_and_a_resumed_run_matches_the_uninterrupted_one(tmp_path):
+    common = ["--max_train_samples", "64", "--max_eval_samples", "32", "--per_device_train_batch_size", "16",
+              "--max_steps", "8", "--save_strategy", "steps", "--save_steps", "4", "--eval_strategy", "steps",
+              "--eval_steps", "4", "--load_best_model_at_end", "false", "--muon", "true", *TINY]
+    full = main(["--output_dir", str(tmp_path / "full"), *common])
+    with pytest.raises(KeyboardInterrupt):
+        main(["--output_dir", str(tmp_path / "killed"), *common], callbacks=[Interrupt(at=6)])
+    resumed = main(["--output_dir", str(tmp_path / "killed"), *common, "--resume_from_checkpoint", "last"])
+    assert resumed["global_steps"] == full["global_steps"] == 8
+    a = load_file(tmp_path / "full" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "killed" / "final" / "model.safetensors")
+    assert all(torch.equal(a[key], b[key]) for key in a)  # the optimizer state came back whole
+    saved = torch.load(tmp_path / "full" / "checkpoint-4" / "optimizer.pt", weights_only=True)
+    assert set(saved) == {"muon", "adamw"} and saved["muon"]["state"]
+    recipe = (tmp_path / "full" / "final" / "recipe.yaml").read_text()
+    assert "muon: true" in recipe
+
+
 @pytest.mark.parametrize("suffix", [".yaml", ".json"])
 def test_recipe_file_round_trip_and_flags_override_it(tmp_path, suffix):
     recipe = {"attention_type": "performer", "position_embedding_type": "rope_1d", "hidden_size": 48,

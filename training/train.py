@@ -71,6 +71,7 @@ from .model_flags import (
     override_values,
     resolve_model_settings,
 )
+from .optimizers import MuonAdamWFactory
 from .precision import PRECISIONS, Precision, resolve_precision
 from .preload import PreloadedImages
 from .recipe_files import RECIPE_SUFFIXES, find_recipe, resolve_recipe, write_recipe
@@ -123,6 +124,11 @@ class JobArguments:
         "help": "Also score the test split with each image and its mirror image averaged (softmax mean): "
                 "metrics.json's test_flip_accuracy, beside the single-view test_accuracy. Only for data whose "
                 "labels survive a horizontal flip (photos, not digits or text)."})
+    muon: bool = field(default=False, metadata={
+        "help": "Train the weight matrices of the transformer layers with Muon (torch.optim.Muon: momentum updates "
+                "orthogonalised by Newton-Schulz, scaled to AdamW's update size) and every other parameter with "
+                "AdamW, at the one --learning_rate and schedule (training/optimizers.py). Replaces --optim, which "
+                "must then stay adamw_torch."})
     sdpa_backend: str = field(default="default", metadata={
         "help": "default: torch picks the fused attention kernel; math: attention as matmul + softmax, much faster "
                 "to train on CPUs for short sequences (the fused CPU kernel's backward dominated a 64-token step).",
@@ -262,6 +268,10 @@ def parse_args(argv=None) -> Settings:
         namespace["label_names"] = ["labels"]
     training = build_arguments(TrainingArguments, namespace)
     check_training_settings(training, data)
+    if job.muon and training.optim not in ("adamw_torch", "adamw_torch_fused"):
+        optim = getattr(training.optim, "value", training.optim)  # an OptimizerNames member
+        raise UsageError(f"--muon trains with Muon + AdamW, which replaces --optim {optim}: leave --optim "
+                         "at adamw_torch, or drop --muon.")
     return Settings(job, model, data, training, model_settings, changed, precision, lora)
 
 
@@ -478,6 +488,13 @@ def cli() -> None:
     main()
 
 
+def muon_optimizer(training_args: TrainingArguments) -> tuple:
+    """Trainer's `optimizer_cls_and_kwargs` for --muon: the factory and AdamW's settings of this run."""
+    return MuonAdamWFactory, {"lr": training_args.learning_rate, "weight_decay": training_args.weight_decay,
+                              "betas": (training_args.adam_beta1, training_args.adam_beta2),
+                              "eps": training_args.adam_epsilon}
+
+
 def run(argv=None, callbacks=None):
     check_launch()
     settings = parse_args(argv)
@@ -535,6 +552,7 @@ def run(argv=None, callbacks=None):
         data_collator=ReadableImagesCollator(), processing_class=processor,
         compute_metrics=evaluated.wrap(make_compute_metrics(metric)),
         callbacks=[EpochCallback(augmenter), totals, *(callbacks or [])],
+        optimizer_cls_and_kwargs=muon_optimizer(training_args) if job.muon else None,
     )
     with attention_backend(job.sdpa_backend):
         train_result = trainer.train(resume_from_checkpoint=resume)
