@@ -356,7 +356,7 @@ def training_rows(metrics: dict, recipe: dict) -> list[tuple[str, str]]:
         rows.append(("data", _with_details(metrics["dataset"], sizes)))
     if metrics.get("epochs") is not None:
         steps = f"{metrics['global_steps']:,} steps" if metrics.get("global_steps") else None
-        rows.append(("epochs", _with_details(f"{metrics['epochs']:g}", steps)))
+        rows.append(("epochs", _with_details(f"{round(metrics['epochs'], 1):g}", steps)))
     if recipe.get("per_device_train_batch_size"):
         processes, accumulation = metrics.get("world_size") or 1, recipe.get("gradient_accumulation_steps", 1)
         rows.append(("batch size", f"{recipe['per_device_train_batch_size'] * processes * accumulation}"))

@@ -36,7 +36,7 @@ COLUMNS = (  # header, how to read a cell from an entry; a missing value prints 
     ("forward FLOPs", lambda e: flops_text(e["measured"]["forward_flops"])),
     ("test top-1", lambda e: pct(e["metrics"]["test_accuracy"])),
     ("test top-5", lambda e: pct(shown_metrics(e["config"], e["metrics"])["test_top5_accuracy"])),
-    ("epochs", lambda e: f"{e['metrics']['epochs']:g}"),
+    ("epochs", lambda e: f"{round(e['metrics']['epochs'], 1):g}"),
     ("train time", lambda e: duration(e["metrics"]["train_runtime"])),
     ("train peak memory", lambda e: f"{e['metrics']['peak_memory_mb']:,.0f} MiB"),
     ("precision", lambda e: e["metrics"]["precision"]),

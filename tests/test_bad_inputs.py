@@ -43,6 +43,9 @@ def test_an_output_dir_that_is_a_file_is_refused(tmp_path, capsys):
     (["--max_train_samples", "0"], "--max_train_samples 0"),
     (["--validation_split_size", "1.5"], "--validation_split_size 1.5"),
     (["--muon", "true", "--optim", "sgd"], "--optim sgd"),
+    (["--max_train_minutes", "0"], "--max_train_minutes 0"),
+    (["--max_train_minutes", "30", "--lr_scheduler_type", "constant"], "--lr_scheduler_type constant"),
+    (["--max_train_minutes", "30", "--warmup_steps", "10"], "not 10 steps"),
 ])
 def test_settings_that_cannot_train_are_refused_before_anything_is_written(tmp_path, capsys, flags, named):
     out = tmp_path / "run"

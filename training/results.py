@@ -38,7 +38,7 @@ COLUMNS = (
     ("test top-1", "test_accuracy", lambda v: f"{100 * v:.2f}%"),
     ("test top-5", "test_top5_accuracy", lambda v: f"{100 * v:.2f}%"),
     ("params", "num_parameters", lambda v: f"{v / 1e6:.2f}M"),
-    ("epochs", "epochs", lambda v: f"{v:g}"),
+    ("epochs", "epochs", lambda v: f"{round(v, 1):g}"),  # a time-budgeted run ends mid-epoch
     ("train time", "train_runtime", lambda v: f"{v / 60:.1f} min"),
     ("peak memory", "peak_memory_mb", lambda v: f"{v:,.0f} MiB"),
     ("precision", "precision", str),

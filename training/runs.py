@@ -234,9 +234,13 @@ class RunTotals(TrainerCallback, ExportableState):
             return 0.0
         return (self.session_end or time.perf_counter()) - self.session_start
 
+    def train_seconds(self) -> float:
+        """The whole run's training time so far: the checkpoint's total plus this session's."""
+        return self.seconds_before + self.session_seconds()
+
     def state(self) -> dict:
         return {"args": {}, "attributes": {
-            "train_seconds": self.seconds_before + self.session_seconds(),
+            "train_seconds": self.train_seconds(),
             "loss_sum": self.loss_sum_before + self.logged_sum,
             "loss_steps": self.loss_steps_before + self.logged_steps,
         }}
@@ -247,6 +251,6 @@ class RunTotals(TrainerCallback, ExportableState):
         loss_sum = self.loss_sum_before + session_loss * session_steps
         loss_steps = self.loss_steps_before + session_steps
         return {
-            "train_runtime": self.seconds_before + self.session_seconds(),
+            "train_runtime": self.train_seconds(),
             "train_loss": loss_sum / loss_steps if loss_steps else None,
         }

@@ -77,6 +77,7 @@ from .preload import PreloadedImages
 from .recipe_files import RECIPE_SUFFIXES, find_recipe, resolve_recipe, write_recipe
 from .runs import RunTotals, check_launch, default_output_dir, prepare_output_dir, run_name
 from .streaming import streaming_max_steps, streaming_splits, with_transforms
+from .time_budget import BUDGET_SCHEDULES, TimeBudget, TimeBudgetTrainer
 
 
 logger = logging.getLogger(__name__)
@@ -129,6 +130,13 @@ class JobArguments:
                 "orthogonalised by Newton-Schulz, scaled to AdamW's update size) and every other parameter with "
                 "AdamW, at the one --learning_rate and schedule (training/optimizers.py). Replaces --optim, which "
                 "must then stay adamw_torch."})
+    max_train_minutes: float | None = field(default=None, metadata={
+        "help": "Train for this many minutes of train_runtime (evaluations and checkpoints included, across "
+                "resumes) instead of a fixed number of steps: the warm-up (--warmup_steps, a fraction) and the "
+                "decay (--lr_scheduler_type cosine or linear) run on the fraction of the budget spent and reach zero "
+                "as it ends; training stops when the budget is spent, after evaluating and checkpointing the last "
+                "partial epoch. --num_train_epochs stays an upper bound. Not reproducible step for step: the steps "
+                "that fit follow the machine's speed (training/time_budget.py)."})
     sdpa_backend: str = field(default="default", metadata={
         "help": "default: torch picks the fused attention kernel; math: attention as matmul + softmax, much faster "
                 "to train on CPUs for short sequences (the fused CPU kernel's backward dominated a 64-token step).",
@@ -272,6 +280,8 @@ def parse_args(argv=None) -> Settings:
         optim = getattr(training.optim, "value", training.optim)  # an OptimizerNames member
         raise UsageError(f"--muon trains with Muon + AdamW, which replaces --optim {optim}: leave --optim "
                          "at adamw_torch, or drop --muon.")
+    if job.max_train_minutes is not None:
+        check_time_budget(job.max_train_minutes, training)
     return Settings(job, model, data, training, model_settings, changed, precision, lora)
 
 
@@ -488,6 +498,27 @@ def cli() -> None:
     main()
 
 
+def check_time_budget(minutes: float, training: TrainingArguments) -> None:
+    """--max_train_minutes needs a positive budget, a warm-up given as a fraction and a decay it can stretch."""
+    schedule = getattr(training.lr_scheduler_type, "value", training.lr_scheduler_type)
+    if not minutes > 0:
+        raise UsageError(f"--max_train_minutes {minutes} is not a budget: give a positive number of minutes.")
+    if schedule not in BUDGET_SCHEDULES:
+        raise UsageError(f"--max_train_minutes decays the learning rate over the budget, which --lr_scheduler_type "
+                         f"{schedule} does not: use {' or '.join(BUDGET_SCHEDULES)}.")
+    if not 0 <= training.warmup_steps < 1:
+        raise UsageError(f"--max_train_minutes warms up over a fraction of the budget: give --warmup_steps as a "
+                         f"fraction below 1 (e.g. 0.05), not {training.warmup_steps:g} steps.")
+
+
+def time_budget(job: JobArguments, training_args: TrainingArguments, totals: RunTotals) -> TimeBudget | None:
+    """--max_train_minutes' callback, on the clock of the run's totals (None without a budget)."""
+    if job.max_train_minutes is None:
+        return None
+    schedule = getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type)
+    return TimeBudget(job.max_train_minutes, totals, training_args.warmup_steps, schedule)
+
+
 def muon_optimizer(training_args: TrainingArguments) -> tuple:
     """Trainer's `optimizer_cls_and_kwargs` for --muon: the factory and AdamW's settings of this run."""
     return MuonAdamWFactory, {"lr": training_args.learning_rate, "weight_decay": training_args.weight_decay,
@@ -547,12 +578,14 @@ def run(argv=None, callbacks=None):
 
     totals = RunTotals()
     evaluated = EvaluatedCount(keep_logits=job.test_flip_average)
-    trainer = Trainer(
+    budget = time_budget(job, training_args, totals)
+    trainer_class, budget_kwargs = (TimeBudgetTrainer, {"time_budget": budget}) if budget else (Trainer, {})
+    trainer = trainer_class(
         model=model, args=training_args, train_dataset=splits["train"], eval_dataset=splits["validation"],
         data_collator=ReadableImagesCollator(), processing_class=processor,
         compute_metrics=evaluated.wrap(make_compute_metrics(metric)),
-        callbacks=[EpochCallback(augmenter), totals, *(callbacks or [])],
-        optimizer_cls_and_kwargs=muon_optimizer(training_args) if job.muon else None,
+        callbacks=[EpochCallback(augmenter), totals, *([budget] if budget else []), *(callbacks or [])],
+        optimizer_cls_and_kwargs=muon_optimizer(training_args) if job.muon else None, **budget_kwargs,
     )
     with attention_backend(job.sdpa_backend):
         train_result = trainer.train(resume_from_checkpoint=resume)
