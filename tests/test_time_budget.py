@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import TrainerControl, get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
-from test_training import TINY
+from test_training import TINY, Interrupt, checkpoint_totals
 from training.time_budget import TimeBudget, budget_lr_factor
 from training.train import main
 
@@ -97,3 +97,25 @@ def test_a_budgeted_run_warms_up_decays_and_stops_inside_its_minutes(tmp_path, m
     rates = [entry["learning_rate"] for entry in state["log_history"] if "learning_rate" in entry]
     # a step schedule over 10000 epochs would still be warming up: the budget's went up to the peak and back down
     assert max(rates) >= 0.5e-3 and rates[-1] <= 0.1 * max(rates)
+
+
+def test_a_killed_budgeted_run_resumes_on_the_clock_it_had_and_keeps_to_the_budget(tmp_path):
+    seconds = 4.0
+    flags = ["--output_dir", str(tmp_path / "run"), "--max_train_minutes", str(seconds / 60), "--warmup_steps", "0",
+             "--num_train_epochs", "10000", "--max_train_samples", "64", "--max_eval_samples", "32",
+             "--per_device_train_batch_size", "16", "--eval_strategy", "epoch", "--save_strategy", "epoch",
+             "--load_best_model_at_end", "false", "--learning_rate", "1e-3", *TINY]
+    with pytest.raises(KeyboardInterrupt):
+        main(flags, callbacks=[Interrupt(at=10)])  # mid-epoch 3: checkpoint-8 holds the run so far
+    before = checkpoint_totals(tmp_path / "run" / "checkpoint-8")["train_seconds"]
+    metrics = main([*flags, "--resume_from_checkpoint", "last"])
+    assert metrics["epochs"] < 10000
+    assert before < metrics["train_runtime"] <= seconds + 2.0  # the whole run, the checkpoint's seconds included
+    steps = metrics["global_steps"]
+    state = json.loads((tmp_path / "run" / f"checkpoint-{steps}" / "trainer_state.json").read_text())
+    rates = {entry["step"]: entry["learning_rate"] for entry in state["log_history"] if "learning_rate" in entry}
+    # the clock came back with the checkpoint: with no warm-up the rate only falls, a restarted clock would jump
+    # back to the peak
+    resumed = [rate for step, rate in rates.items() if step > 8]
+    assert resumed and max(resumed) <= rates[8]
+    assert resumed[-1] <= 0.1 * max(rates.values())
