@@ -27,29 +27,39 @@ from .runs import RunTotals
 BUDGET_SCHEDULES = ("cosine", "linear")
 
 
+def check_time_budget(minutes: float, warmup_fraction: float, decay: str) -> None:
+    """A budget needs positive minutes, a warm-up given as a fraction of it and a decay it can stretch; ValueError
+    naming the flag otherwise."""
+    if not minutes > 0:  # also NaN
+        raise ValueError(f"--max_train_minutes {minutes} is not a budget: give a positive number of minutes.")
+    if decay not in BUDGET_SCHEDULES:
+        raise ValueError(f"--max_train_minutes decays the learning rate over the budget, which --lr_scheduler_type "
+                         f"{decay} does not: use one of {', '.join(BUDGET_SCHEDULES)}.")
+    if not 0 <= warmup_fraction < 1:
+        unit = " steps" if warmup_fraction >= 1 else ""
+        raise ValueError(f"--max_train_minutes warms up over a fraction of the budget: give --warmup_steps as a "
+                         f"fraction in [0, 1) (e.g. 0.05), not {warmup_fraction:g}{unit}.")
+
+
 def budget_lr_factor(spent: float, warmup_fraction: float, decay: str) -> float:
     """The learning rate's multiplier once `spent` (0 to 1) of the budget is used: linear warm-up over the first
     `warmup_fraction`, then `decay` ("cosine" or "linear") to zero at 1. transformers' step schedules of the same
     names, with steps replaced by the fraction of the budget."""
-    if decay not in BUDGET_SCHEDULES:
-        raise ValueError(f"a time budget decays with one of {', '.join(BUDGET_SCHEDULES)}, not {decay!r}")
     if spent < warmup_fraction:
         return spent / warmup_fraction
     progress = min(1.0, (spent - warmup_fraction) / (1.0 - warmup_fraction))
     if decay == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * progress))
-    return 1.0 - progress
+    if decay == "linear":
+        return 1.0 - progress
+    raise ValueError(f"a time budget decays with one of {', '.join(BUDGET_SCHEDULES)}, not {decay!r}")
 
 
 class TimeBudget(TrainerCallback):
     """Stops training when the budget is spent; `scheduler()` gives the learning-rate schedule that follows it."""
 
     def __init__(self, minutes: float, totals: RunTotals, warmup_fraction: float, decay: str):
-        if minutes <= 0:
-            raise ValueError(f"a time budget needs a positive number of minutes; got {minutes}")
-        if not 0 <= warmup_fraction < 1:
-            raise ValueError(f"a time budget's warm-up is a fraction of it, in [0, 1); got {warmup_fraction}")
-        budget_lr_factor(0.0, warmup_fraction, decay)  # an unknown decay fails here, before training
+        check_time_budget(minutes, warmup_fraction, decay)
         self.seconds = 60.0 * minutes
         self.totals = totals
         self.warmup_fraction, self.decay = warmup_fraction, decay
@@ -100,4 +110,4 @@ class TimeBudgetTrainer(Trainer):
         return self.lr_scheduler
 
 
-__all__ = ["BUDGET_SCHEDULES", "TimeBudget", "TimeBudgetTrainer", "budget_lr_factor"]
+__all__ = ["BUDGET_SCHEDULES", "TimeBudget", "TimeBudgetTrainer", "budget_lr_factor", "check_time_budget"]

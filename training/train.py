@@ -77,7 +77,7 @@ from .preload import PreloadedImages
 from .recipe_files import RECIPE_SUFFIXES, find_recipe, resolve_recipe, write_recipe
 from .runs import RunTotals, check_launch, default_output_dir, prepare_output_dir, run_name
 from .streaming import streaming_max_steps, streaming_splits, with_transforms
-from .time_budget import BUDGET_SCHEDULES, TimeBudget, TimeBudgetTrainer
+from .time_budget import TimeBudget, TimeBudgetTrainer, check_time_budget
 
 
 logger = logging.getLogger(__name__)
@@ -281,7 +281,10 @@ def parse_args(argv=None) -> Settings:
         raise UsageError(f"--muon trains with Muon + AdamW, which replaces --optim {optim}: leave --optim "
                          "at adamw_torch, or drop --muon.")
     if job.max_train_minutes is not None:
-        check_time_budget(job.max_train_minutes, training)
+        try:
+            check_time_budget(job.max_train_minutes, training.warmup_steps, schedule_name(training))
+        except ValueError as error:
+            raise UsageError(str(error)) from error
     return Settings(job, model, data, training, model_settings, changed, precision, lora)
 
 
@@ -498,25 +501,15 @@ def cli() -> None:
     main()
 
 
-def check_time_budget(minutes: float, training: TrainingArguments) -> None:
-    """--max_train_minutes needs a positive budget, a warm-up given as a fraction and a decay it can stretch."""
-    schedule = getattr(training.lr_scheduler_type, "value", training.lr_scheduler_type)
-    if not minutes > 0:
-        raise UsageError(f"--max_train_minutes {minutes} is not a budget: give a positive number of minutes.")
-    if schedule not in BUDGET_SCHEDULES:
-        raise UsageError(f"--max_train_minutes decays the learning rate over the budget, which --lr_scheduler_type "
-                         f"{schedule} does not: use {' or '.join(BUDGET_SCHEDULES)}.")
-    if not 0 <= training.warmup_steps < 1:
-        raise UsageError(f"--max_train_minutes warms up over a fraction of the budget: give --warmup_steps as a "
-                         f"fraction below 1 (e.g. 0.05), not {training.warmup_steps:g} steps.")
+def schedule_name(training: TrainingArguments) -> str:
+    return getattr(training.lr_scheduler_type, "value", training.lr_scheduler_type)  # a SchedulerType member
 
 
 def time_budget(job: JobArguments, training_args: TrainingArguments, totals: RunTotals) -> TimeBudget | None:
     """--max_train_minutes' callback, on the clock of the run's totals (None without a budget)."""
     if job.max_train_minutes is None:
         return None
-    schedule = getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type)
-    return TimeBudget(job.max_train_minutes, totals, training_args.warmup_steps, schedule)
+    return TimeBudget(job.max_train_minutes, totals, training_args.warmup_steps, schedule_name(training_args))
 
 
 def muon_optimizer(training_args: TrainingArguments) -> tuple:
