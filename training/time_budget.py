@@ -97,11 +97,12 @@ class TimeBudget(TrainerCallback):
 
 class TimeBudgetTrainer(Trainer):
     """A Trainer whose learning-rate schedule follows a `TimeBudget` (`create_scheduler` is the Trainer's hook for a
-    schedule of one's own). The budget must also be among the Trainer's callbacks, to stop the run."""
+    schedule of one's own) and which the budget stops (it is added to the Trainer's callbacks)."""
 
     def __init__(self, *args, time_budget: TimeBudget, **kwargs):
         super().__init__(*args, **kwargs)
         self.time_budget = time_budget
+        self.add_callback(time_budget)
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.lr_scheduler is None:

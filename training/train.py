@@ -577,7 +577,7 @@ def run(argv=None, callbacks=None):
         model=model, args=training_args, train_dataset=splits["train"], eval_dataset=splits["validation"],
         data_collator=ReadableImagesCollator(), processing_class=processor,
         compute_metrics=evaluated.wrap(make_compute_metrics(metric)),
-        callbacks=[EpochCallback(augmenter), totals, *([budget] if budget else []), *(callbacks or [])],
+        callbacks=[EpochCallback(augmenter), totals, *(callbacks or [])],
         optimizer_cls_and_kwargs=muon_optimizer(training_args) if job.muon else None, **budget_kwargs,
     )
     with attention_backend(job.sdpa_backend):
